@@ -1,0 +1,64 @@
+"""Command line: parse argv, call one command, turn UserError into one clear line and an exit code.
+
+Each sub-command lives in its own module under `minicpm_recipes.commands` with `HELP`, `add_arguments(parser)`
+and `run(args) -> int`. Those modules import heavy libraries (torch, LLaMA-Factory) only inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import UserError
+
+# name -> module; order is the order of `--help`
+COMMANDS: dict[str, str] = {
+    "list": "minicpm_recipes.commands.list_cmd",
+    "render": "minicpm_recipes.commands.render_cmd",
+}
+
+PROG = "minicpm-recipes"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fine-tune MiniCPM (and other chat LLMs) with LLaMA-Factory, correctly on the first try.",
+        epilog=f"Run `{PROG} COMMAND --help` for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run, _parser=cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        message = str(exc).replace("\n", " ")
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
