@@ -17,6 +17,7 @@ from .errors import UserError
 COMMANDS: dict[str, str] = {
     "list": "minicpm_recipes.commands.list_cmd",
     "render": "minicpm_recipes.commands.render_cmd",
+    "tiny-model": "minicpm_recipes.commands.tiny_model_cmd",
 }
 
 PROG = "minicpm-recipes"
