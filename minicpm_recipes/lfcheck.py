@@ -64,7 +64,42 @@ def _check_train(path: str, overrides: dict[str, Any]) -> None:
     config.update(overrides)
     if not torch.cuda.is_available():
         config.setdefault("use_cpu", True)
+    _check_types(config)
     get_train_args(config)
+
+
+def _check_types(config: dict[str, Any]) -> None:
+    """Type-check values the way LLaMA-Factory's command-line parser would.
+
+    `llamafactory-cli train FILE.yaml` hands the YAML to HfArgumentParser.parse_dict, which assigns values
+    without converting or checking them (`num_train_epochs: three` only fails an hour later). Parsing the same
+    values as command-line arguments runs argparse's type conversion and choices for every field.
+    """
+    import contextlib
+    import io
+
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+    from transformers import HfArgumentParser
+
+    argv: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv.append(f"--{key}")
+        argv.extend(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+    parser = HfArgumentParser(_TRAIN_ARGS)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except SystemExit:
+        message = stderr.getvalue().strip().splitlines()
+        raise ValueError(message[-1] if message else "invalid argument value") from None
+    except ValueError:
+        # dataclass __post_init__ checks run again in get_train_args with the real values; only argparse's
+        # type errors are wanted here
+        pass
 
 
 def _check_deepspeed(path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .yamlvalue import shell_quote, yaml_value
 
 DEFAULT_MODEL = "openbmb/MiniCPM-SALA"
 DEFAULT_MASTER_PORT = 29500
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class RenderOptions:
     master_addr: str | None = None
     master_port: int = DEFAULT_MASTER_PORT
     ref_dir: str = "."  # how the rendered files refer to each other (the folder they are written to)
+    # How the YAML / commands refer to the DeepSpeed / accelerate config; None: ref_dir/<its file name>.
+    # `install` points these at an equivalent file already in the checkout, or at a per-recipe name.
+    # The rendered file is returned in `files` either way.
+    deepspeed_ref: str | None = None
+    accelerate_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +98,10 @@ def parse_set(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not valid YAML: keep the text as a string
-    if isinstance(value, dict):
-        raise UserError(f"--set {key}: a mapping is not allowed here; give a scalar or a comma-separated string")
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        raise UserError(f"--set {key}: only flat lists of scalars are allowed")
+    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+        value = raw  # only scalars and flat lists are typed; anything else is the text as given
+    if isinstance(value, str) and raw.strip() == value and _FLOAT_RE.match(value):
+        value = float(value)  # YAML 1.1 reads 5e-5 as a string; users (and OmegaConf) mean a number
     if isinstance(value, float) and value != value:  # NaN
         raise UserError(f"--set {key}: NaN is not a usable value")
     return key, value
@@ -172,7 +179,7 @@ def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
             zero_stage=dist.deepspeed["zero_stage"], offload=dist.deepspeed["offload"]
         )
         files.append(RenderedFile(ds_name, ds_text, "deepspeed"))
-        deepspeed_ref = _ref(options.ref_dir, ds_name)
+        deepspeed_ref = options.deepspeed_ref or _ref(options.ref_dir, ds_name)
     params = build_params(catalog, options, model, stage, dist, deepspeed_ref)
     for item in options.sets:
         key, value = parse_set(item)
@@ -194,7 +201,7 @@ def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
             master_port=options.master_port,
         )
         files.append(RenderedFile(acc_name, acc_text, "accelerate"))
-        accelerate_ref = _ref(options.ref_dir, acc_name)
+        accelerate_ref = options.accelerate_ref or _ref(options.ref_dir, acc_name)
 
     train_ref = _ref(options.ref_dir, train_name)
     engine = dist.engine
