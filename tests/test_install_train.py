@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_install import LF_INFO, make_checkout, snapshot
 
 from minicpm_recipes.cli import main
 from minicpm_recipes.install import CONFIG_DIR, MANIFEST
 from minicpm_recipes.lfcheck import check_files
-from test_install import LF_INFO, make_checkout, snapshot
 
 # CPU settings for a run of seconds; everything else comes from the installed YAML
 CPU_OVERRIDES = ["bf16=false", "use_cpu=true", "max_steps=3", "max_samples=40", "save_steps=2", "eval_steps=2",
