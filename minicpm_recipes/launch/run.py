@@ -1,0 +1,94 @@
+"""Run a launch plan: the only part of `minicpm_recipes.launch` that starts processes.
+
+The child starts in its own process group (its own session), so that a signal reaches every process it
+spawns (torchrun workers, accelerate's processes, dataloader workers). SIGINT (Ctrl-C), SIGTERM and SIGHUP
+sent to minicpm-recipes are forwarded to that whole group; if the group has not exited `grace_s` seconds
+later, or a second signal arrives, it is killed with SIGKILL. Processes of the group still alive once the
+child has exited are killed too, so nothing outlives the command.
+
+Exit status: the child's own exit code; 128+N when the child died of signal N or when minicpm-recipes
+forwarded signal N (130 for Ctrl-C, 143 for SIGTERM), as a shell reports it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+
+from ..errors import UserError
+from .engines import Plan
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _killpg(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def child_env(plan: Plan, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update(plan.env)
+    return env
+
+
+def launch(plan: Plan, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
+           grace_s: float = 30.0) -> int:
+    """Run `plan.argv` with `plan.env` on top of `env` (default: this process's environment); return its status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        proc = subprocess.Popen(list(plan.argv), env=child_env(plan, env), cwd=cwd, start_new_session=True)
+    except FileNotFoundError:
+        raise UserError(f"cannot run {plan.argv[0]!r}: not found; install LLaMA-Factory's training extras "
+                        "(pip install 'minicpm-recipes[train]') in this environment") from None
+    except PermissionError:
+        raise UserError(f"cannot run {plan.argv[0]!r}: permission denied") from None
+    pgid = proc.pid
+    received: list[int] = []
+    deadline: list[float] = []
+
+    def forward(signum, _frame):  # runs in the main thread between waits
+        received.append(signum)
+        if len(received) == 1:
+            deadline.append(time.monotonic() + grace_s)
+            _killpg(pgid, signum)
+        else:  # a second signal: stop now
+            _killpg(pgid, signal.SIGKILL)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in FORWARDED_SIGNALS:
+            previous[sig] = signal.signal(sig, forward)
+    try:
+        while True:
+            try:
+                returncode = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline and time.monotonic() > deadline[0]:
+                    _killpg(pgid, signal.SIGKILL)
+                    deadline.clear()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # nothing of the child's group may outlive the command
+        if _killpg(pgid, 0):
+            _killpg(pgid, signal.SIGTERM)
+            end = time.monotonic() + 5
+            while time.monotonic() < end and _killpg(pgid, 0):
+                time.sleep(0.1)
+            _killpg(pgid, signal.SIGKILL)
+    if received:
+        return 128 + int(received[0])
+    if returncode < 0:
+        return 128 + (-returncode)
+    return returncode
