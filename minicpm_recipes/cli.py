@@ -20,6 +20,9 @@ COMMANDS: dict[str, str] = {
     "tiny-model": "minicpm_recipes.commands.tiny_model_cmd",
     "train": "minicpm_recipes.commands.train_cmd",
     "install": "minicpm_recipes.commands.install_cmd",
+    "preview": "minicpm_recipes.commands.preview_cmd",
+    "serve": "minicpm_recipes.commands.serve_cmd",
+    "render-export": "minicpm_recipes.commands.render_export_cmd",
 }
 
 PROG = "minicpm-recipes"
