@@ -406,7 +406,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "start_step": run_log.start_step,
         "steps_run": run_log.steps_run,
         "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": _run_train_loss(trainer.state.log_history, run_log.start_step or 0, result.training_loss),
         "eval_loss": eval_metrics.get("eval_loss"),
         "train_conversations": len(train_set),
         "eval_conversations": len(dev_set),
@@ -431,6 +431,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
     return summary
+
+
+def _run_train_loss(log_history: list[dict], start_step: int, fallback: float) -> float:
+    """Mean logged training loss of this run's steps (Trainer's own average divides by the global step)."""
+    losses = [e["loss"] for e in log_history if "loss" in e and e.get("step", 0) > start_step]
+    return float(sum(losses) / len(losses)) if losses else float(fallback)
 
 
 def merge_adapter(adapter_dir: str | Path, *, out_dir: str | Path | None = None, trust_remote_code: bool = False) -> str:
