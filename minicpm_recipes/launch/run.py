@@ -4,7 +4,9 @@ The child starts in its own process group (its own session), so that a signal re
 spawns (torchrun workers, accelerate's processes, dataloader workers). SIGINT (Ctrl-C), SIGTERM and SIGHUP
 sent to minicpm-recipes are forwarded to that whole group; if the group has not exited `grace_s` seconds
 later, or a second signal arrives, it is killed with SIGKILL. Processes of the group still alive once the
-child has exited are killed too, so nothing outlives the command.
+child has exited are killed too, so nothing outlives the command. On Linux the child also dies with
+minicpm-recipes itself (PR_SET_PDEATHSIG), so a SIGKILL of minicpm-recipes (which cannot be forwarded) does not
+leave the training running.
 
 Exit status: the child's own exit code; 128+N when the child died of signal N or when minicpm-recipes
 forwarded signal N (130 for Ctrl-C, 143 for SIGTERM), as a shell reports it.
@@ -34,6 +36,17 @@ def _killpg(pgid: int, sig: int) -> bool:
         return False
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGKILL when minicpm-recipes dies, even of a SIGKILL that cannot be forwarded."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: nothing to do
+        pass
+
+
 def child_env(plan: Plan, base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.update(plan.env)
@@ -46,7 +59,8 @@ def launch(plan: Plan, *, cwd: str | None = None, env: Mapping[str, str] | None 
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        proc = subprocess.Popen(list(plan.argv), env=child_env(plan, env), cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(list(plan.argv), env=child_env(plan, env), cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     except FileNotFoundError:
         raise UserError(f"cannot run {plan.argv[0]!r}: not found; install LLaMA-Factory's training extras "
                         "(pip install 'minicpm-recipes[train]') in this environment") from None
