@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "list": "minicpm_recipes.commands.list_cmd",
     "render": "minicpm_recipes.commands.render_cmd",
     "tiny-model": "minicpm_recipes.commands.tiny_model_cmd",
+    "validate": "minicpm_recipes.commands.validate_cmd",
     "train": "minicpm_recipes.commands.train_cmd",
     "install": "minicpm_recipes.commands.install_cmd",
     "preview": "minicpm_recipes.commands.preview_cmd",
