@@ -426,23 +426,11 @@ def _file_action(root: Path, path: str, content: bytes, role: str, executable: b
     return FileAction(path, "conflict", content, role, executable, current=current, reason=reason)
 
 
-def _outcome_name(outcome: Any) -> str:
-    """The registry's outcome (an enum, a string, or an object with .action/.outcome) as a plain word."""
-    for attr in ("action", "outcome", "status", "kind"):
-        value = getattr(outcome, attr, None)
-        if value is not None and not callable(value):
-            outcome = value
-            break
-    value = getattr(outcome, "value", outcome)
-    return str(value).lower()
-
-
 def _plan_registration(root: Path, name: str, entry: dict[str, Any], demo_dir: Path, force: bool) -> str:
     from .data.registry import plan_registration
 
     # validated against our copy of the data: the checkout's copy may not be written yet
-    outcome = plan_registration(root / DATASET_INFO, name, entry, force=force, validate=True, dataset_dir=demo_dir)
-    return _outcome_name(outcome)
+    return plan_registration(root / DATASET_INFO, name, entry, force=force, validate=True, dataset_dir=demo_dir).action
 
 
 # ---- applying ---------------------------------------------------------------------------------------------
@@ -500,9 +488,12 @@ def apply_install(plan: InstallPlan) -> InstallResult:
         write(f)
     outcomes = []
     for d in plan.datasets:
+        if d.outcome == "unchanged":  # already there: do not even take the registry's lock
+            outcomes.append(d)
+            continue
         outcome = register_entry(plan.root / DATASET_INFO, d.name, d.entry, force=plan.force, validate=True,
                                  dataset_dir=plan.root / DATA_DIR)
-        outcomes.append(DatasetAction(d.name, d.entry, _outcome_name(outcome)))
+        outcomes.append(DatasetAction(d.name, d.entry, outcome.action))
     for f in other_files + manifest:
         write(f)
     return InstallResult(tuple(created), tuple(updated), tuple(unchanged), tuple(backups), tuple(outcomes))

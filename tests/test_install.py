@@ -124,6 +124,9 @@ def test_install_writes_recipes_and_data_and_keeps_every_llamafactory_entry(chec
         file_name = DEMO_INFO[name]["file_name"]
         assert (checkout / "data" / file_name).read_bytes() == (DEMO_DIR / file_name).read_bytes()
     assert "minicpm_demo_kto" not in info  # kto was not asked for
+    original = (LF_DATA / "dataset_info.json").read_text(encoding="utf-8")
+    merged = (checkout / "data" / "dataset_info.json").read_text(encoding="utf-8")
+    assert merged.startswith(original.rstrip()[:-1].rstrip())  # every byte of theirs kept; ours appended
     for name in LF_INFO:  # LLaMA-Factory's data files untouched
         file_name = LF_INFO[name].get("file_name", "")
         if (LF_DATA / file_name).is_file():
@@ -255,6 +258,24 @@ def test_a_users_own_file_with_our_name_is_refused(checkout, capsys):
     assert snapshot(checkout) == before
 
 
+def test_a_users_dataset_entry_with_our_name_is_refused_unless_force(checkout, capsys):
+    info_path = checkout / "data" / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["minicpm_demo_dpo"] = {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt",
+                                "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}
+    info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    before = snapshot(checkout)
+    assert install(checkout, *SMALL) == 2
+    err = capsys.readouterr().err
+    assert "minicpm_demo_dpo" in err and "already registered" in err
+    assert snapshot(checkout) == before  # refused before anything was written
+
+    assert install(checkout, *SMALL, "--force") == 0
+    merged = json.loads(info_path.read_text(encoding="utf-8"))
+    assert merged["minicpm_demo_dpo"] == DEMO_INFO["minicpm_demo_dpo"]
+    assert all(merged[name] == entry for name, entry in LF_INFO.items())
+
+
 def test_an_unedited_file_from_an_earlier_install_is_updated(checkout, capsys):
     assert install(checkout, *SMALL) == 0
     rel = f"{CONFIG_DIR}/minicpm-sala_lora_dpo.yaml"
@@ -307,7 +328,9 @@ def test_dry_run_lists_every_change_and_writes_nothing(checkout, capsys):
     assert install(checkout, *SMALL) == 0  # the real run writes exactly what was listed
     capsys.readouterr()
     written = set(snapshot(checkout)) - set(before)
-    assert written == {f.path for f in plan.changes}
+    # plus the registry's backup and lock file beside dataset_info.json
+    assert written == {f.path for f in plan.changes} | {"data/dataset_info.json.bak", "data/dataset_info.json.lock"}
+    assert "change  data/dataset_info.json" in out
 
 
 def test_dry_run_after_an_edit_shows_the_refusal(checkout, capsys):

@@ -153,6 +153,10 @@ def _print_plan(plan) -> None:
         print(f"  ({unchanged} file(s) already up to date, left untouched)")
     for ref in plan.reused:
         print(f"  reuse   {ref}   (same settings as ours)")
+    if plan.dataset_changes:
+        print(f"  {'change':<8}{DATASET_INFO}   (merge {len(plan.dataset_changes)} entr"
+              f"{'y' if len(plan.dataset_changes) == 1 else 'ies'}, every other byte kept; "
+              f"previous version kept as {DATASET_INFO}.bak)")
     for d in plan.datasets:
         verb = {"added": "add", "updated": "update", "unchanged": "keep"}.get(d.outcome, d.outcome)
         print(f"  {DATASET_INFO}: {verb} entry {d.name} -> {d.entry.get('file_name', '')}")
