@@ -77,7 +77,11 @@ def _detect_entry(path: Path, file_name: str, fmt: str | None, stage: str | None
         sample_file = path
     keys: set[str] = set()
     detected = None
-    if sample_file is not None and sample_file.suffix not in (".txt",):
+    if sample_file is not None and sample_file.suffix.lower() not in (".json", ".jsonl", ".txt"):
+        if fmt is None:
+            raise UserError(f"{path}: only .json/.jsonl/.txt layouts are detected; pass --format "
+                            "(alpaca, sharegpt, messages, openai or text) or --entry")
+    elif sample_file is not None and sample_file.suffix.lower() != ".txt":
         records = []
         for _, _, rec in read_records(sample_file):
             records.append(rec)
