@@ -429,3 +429,13 @@ def test_cli_entry_point_end_to_end(checkout):
     assert proc.returncode == 0, proc.stderr
     assert "llamafactory-cli train examples/minicpm_config/minicpm-sala_lora_pretrain.yaml" in proc.stdout
     assert (checkout / CONFIG_DIR / "minicpm-sala_lora_pretrain.yaml").is_file()
+
+
+def test_help_states_the_real_defaults(capsys):
+    from minicpm_recipes.install import DEFAULT_MODELS, DEFAULT_STAGES, DEFAULT_VARIANTS
+
+    with pytest.raises(SystemExit):
+        main(["install", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for defaults in (DEFAULT_MODELS, DEFAULT_STAGES, DEFAULT_VARIANTS):
+        assert f"(default {','.join(defaults)})" in out

@@ -36,16 +36,15 @@ def _list_arg(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..install import DEFAULT_MODELS, DEFAULT_STAGES, DEFAULT_VARIANTS
-
+    # defaults spelled out here so that building the parser imports nothing heavy (a test keeps them in sync)
     p.add_argument("--into", required=True, metavar="DIR", help="the LLaMA-Factory checkout (git clone) to install into")
     p.add_argument("--models", nargs="+", type=_list_arg, default=None, metavar="MODEL",
-                   help=f"hub ids, aliases or local folders, space- or comma-separated "
-                        f"(default {','.join(DEFAULT_MODELS)})")
+                   help="hub ids, aliases or local folders, space- or comma-separated "
+                        "(default minicpm-sala,minicpm4.1)")
     p.add_argument("--stages", nargs="+", type=_list_arg, default=None, metavar="STAGE",
-                   help=f"training stages (default {','.join(DEFAULT_STAGES)})")
+                   help="training stages (default sft,dpo,kto,pretrain)")
     p.add_argument("--variants", nargs="+", type=_list_arg, default=None, metavar="VARIANT",
-                   help=f"lora, full, multinode (default {','.join(DEFAULT_VARIANTS)})")
+                   help="lora, full, multinode (default lora,full,multinode)")
     p.add_argument("--template", default=None,
                    help="LLaMA-Factory chat template for every model; required for a local folder or unknown id")
     p.add_argument("--dist", default="zero3",
