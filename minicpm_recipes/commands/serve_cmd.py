@@ -83,9 +83,8 @@ def run(args: argparse.Namespace) -> int:
     check_bind(host, port, api_key, allow_no_key=args.no_api_key)
     config = read_yaml_config(args.config)
     params = infer_params(config, adapter=args.adapter, template=args.template, backend=args.backend)
-    _check_trained(params, args.config)
     model_name = args.model_name or default_model_name(args.config)
-    if args.out:
+    if args.out:  # writing the config ahead of training is fine: no check that the adapter exists yet
         from ..fsutil import atomic_write_text
 
         out = Path(args.out)
@@ -102,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  API_HOST={shlex.quote(host)} API_PORT={port} API_MODEL_NAME={shlex.quote(model_name)} "
               f"llamafactory-cli api {shlex.quote(out.as_posix())}")
         return 0
+    _check_trained(params, args.config)
     rendered = render_infer(params, "serve.yaml", "serve.yaml")
     env = server_env(environ(), host, port, api_key, model_name)
     shown = f"[{host}]" if ":" in host else host
