@@ -369,3 +369,8 @@ def test_dataset_info_symlink_is_edited_through(tmp_path):
     assert (link_dir / "dataset_info.json").is_symlink()
     assert json.loads((real / "dataset_info.json").read_text()) == {"adgen": MSG_ENTRY}
     assert os.path.exists(real / "dataset_info.json.bak")
+    # without dataset_dir, file_name is relative to the folder holding the link, as LLaMA-Factory reads it
+    shutil.copy(MINICPM_DATA / "train.json", link_dir / "only_here.json")
+    entry = dict(MSG_ENTRY, file_name="only_here.json")
+    assert register_entry(link_dir / "dataset_info.json", "here", entry, validate=False).action == "added"
+    assert (link_dir / "dataset_info.json").is_symlink()

@@ -221,6 +221,11 @@ def _normalize_entry(entry: Any, name: str) -> dict[str, Any]:
         raise UserError(f"entry {name!r}: not JSON-serializable ({exc})") from None
 
 
+def _real_target(path: Path) -> Path:
+    """Edit a symlinked dataset_info.json where it really is (the rename must not replace the link)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def plan_registration(
     dataset_info_path: str | os.PathLike,
     name: str,
@@ -232,11 +237,13 @@ def plan_registration(
 ) -> RegistrationPlan:
     """What `register_entry` would do (added | updated | unchanged and the new text), without writing.
     Raises UserError for a bad entry, data that does not fit it, or a conflicting name without `force`."""
-    path = Path(os.path.realpath(dataset_info_path)) if Path(dataset_info_path).is_symlink() else Path(dataset_info_path)
+    given = Path(dataset_info_path)
+    path = _real_target(given)
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise UserError(f"dataset name {name!r}: expected a non-empty name without surrounding spaces")
     entry = _normalize_entry(entry, name)
-    dataset_dir = Path(dataset_dir) if dataset_dir is not None else path.parent
+    # LLaMA-Factory reads file_name relative to the folder it is given (a symlinked dataset_info.json's folder)
+    dataset_dir = Path(dataset_dir) if dataset_dir is not None else given.parent
     if not dataset_dir.is_dir():
         raise UserError(f"dataset folder {dataset_dir} does not exist; create it or pass the right --dataset-dir")
     problems = _entry_problems(name, entry)
@@ -283,13 +290,17 @@ def register_entry(
     """Add or update `name` in dataset_info.json (created when missing). Locked, atomic, backed up."""
     from filelock import FileLock, Timeout
 
-    path = Path(os.path.realpath(dataset_info_path)) if Path(dataset_info_path).is_symlink() else Path(dataset_info_path)
+    given = Path(dataset_info_path)
+    path = _real_target(given)
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such folder; create it first")
+    dataset_dir = Path(dataset_dir) if dataset_dir is not None else given.parent
+    # validate the data first, outside the lock (it reads the whole file); re-plan under the lock
+    plan_registration(path, name, entry, force=force, validate=validate, dataset_dir=dataset_dir)
     lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
-            plan = plan_registration(path, name, entry, force=force, validate=validate, dataset_dir=dataset_dir)
+            plan = plan_registration(path, name, entry, force=force, validate=False, dataset_dir=dataset_dir)
             if not plan.changes:
                 return RegisterOutcome("unchanged", path, None, name, plan.entry)
             backup = None
