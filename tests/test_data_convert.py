@@ -328,7 +328,7 @@ def test_cli_refuses_to_overwrite_without_force(tmp_path):
 
 
 @pytest.mark.slow
-def test_llamafactory_trains_on_converted_chat_export_and_chatglm3(tiny_model, tmp_path):
+def test_llamafactory_trains_on_converted_chat_export_chatglm3_and_alpaca(tiny_model, tmp_path):
     import os
     import re
     import subprocess
@@ -343,14 +343,16 @@ def test_llamafactory_trains_on_converted_chat_export_and_chatglm3(tiny_model, t
                                   {"role": "assistant", "content": "2"}]})
     write_jsonl(tmp_path / "glm.json", glm)
     data = tmp_path / "data"
-    for args in ((str(tmp_path / "export"), "--name", "chats"), (str(tmp_path / "glm.json"), "--name", "glm")):
+    names = ("chats", "glm", "adgen")
+    for args in ((str(tmp_path / "export"), "--name", "chats"), (str(tmp_path / "glm.json"), "--name", "glm"),
+                 (str(MINICPM_DATA), "--name", "adgen", "--to", "alpaca")):
         proc = run_cli("convert", *args, "-o", str(data), "--register", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-    n_train = len(load(data / "chats_train.json")) + len(load(data / "glm_train.json"))
-    n_dev = len(load(data / "chats_dev.json")) + len(load(data / "glm_dev.json"))
+    n_train = sum(len(load(data / f"{n}_train.json")) for n in names)
+    n_dev = sum(len(load(data / f"{n}_dev.json")) for n in names)
     out = tmp_path / "cfg"
-    proc = run_cli("render", "sft", "--model", str(tiny_model), "--template", "cpm4", "--dataset", "chats,glm",
-                   "--dataset-dir", str(data), "--set", "eval_dataset=chats_dev,glm_dev", "--set", "val_size=null",
+    proc = run_cli("render", "sft", "--model", str(tiny_model), "--template", "cpm4", "--dataset", "chats,glm,adgen",
+                   "--dataset-dir", str(data), "--set", "eval_dataset=chats_dev,glm_dev,adgen_dev", "--set", "val_size=null",
                    "--set", "bf16=false", "--set", "use_cpu=true", "--set", "max_steps=1",
                    "--set", "preprocessing_num_workers=null", "--set", "dataloader_num_workers=0",
                    "--set", f"output_dir={tmp_path / 'run'}", "-o", str(out), cwd=tmp_path)
@@ -364,3 +366,18 @@ def test_llamafactory_trains_on_converted_chat_export_and_chatglm3(tiny_model, t
     assert "Skipping this abnormal example" not in log and "Dropped invalid example" not in log
     counts = [int(n) for n in re.findall(r"Num examples = (\d+)", log)]
     assert counts[0] == n_train and counts[1] == n_dev, counts
+
+
+def test_chatglm3_thought_before_tool_call_needs_fix_turns():
+    rec = {"conversations": [
+        {"role": "user", "content": "北京天气？"},
+        {"role": "assistant", "content": "我来查一下天气。"},
+        {"role": "tool", "name": "get_weather", "parameters": {"city": "北京"}, "observation": "晴"},
+        {"role": "assistant", "content": "北京晴。"},
+    ]}
+    turns = cv.to_turns(rec, "chatglm3")
+    assert "before a tool call" in cv.check_turns(turns)
+    fixed, notes = cv.fix_turns(turns)
+    assert [m["role"] for m in fixed.messages] == ["user", "function_call", "observation", "assistant"]
+    assert notes == ["dropped assistant text right before a tool call"]
+    assert cv.check_turns(fixed) is None

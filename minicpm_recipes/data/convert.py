@@ -277,6 +277,9 @@ def check_turns(turns: Turns) -> str | None:
         return "no user/assistant messages"
     for i, m in enumerate(msgs):
         want_user = i % 2 == 0
+        if m["role"] == FUNCTION and i and msgs[i - 1]["role"] == ASSISTANT:
+            return (f"message {i - 1} is assistant text right before a tool call; LLaMA-Factory holds one of them "
+                    "per turn (--fix-turns drops the text)")
         if want_user != _odd_ok(m["role"]):
             expected = "user (or observation)" if want_user else "assistant (or a function call)"
             return f"message {i} has role {m['role']}, expected {expected}; roles must alternate starting with user"
@@ -290,13 +293,18 @@ def check_turns(turns: Turns) -> str | None:
 
 def fix_turns(turns: Turns) -> tuple[Turns | None, list[str]]:
     """Repair what chat exports typically have: consecutive messages of one role (joined by a newline), replies
-    before the first user message and an unanswered last message (dropped), empty messages (dropped).
+    before the first user message and an unanswered last message (dropped), empty messages (dropped); and
+    assistant text right before a tool call (ChatGLM3's "thought"; dropped: LLaMA-Factory has no place for it).
     Returns (turns or None when nothing usable is left, what was changed)."""
     notes: list[str] = []
     merged: list[dict[str, str]] = []
     for m in turns.messages:
         if m["role"] in (USER, ASSISTANT) and not m["content"].strip():
             notes.append("dropped an empty message")
+            continue
+        if merged and merged[-1]["role"] == ASSISTANT and m["role"] == FUNCTION:
+            merged[-1] = dict(m)
+            notes.append("dropped assistant text right before a tool call")
             continue
         if merged and merged[-1]["role"] == m["role"] and m["role"] in (USER, ASSISTANT):
             merged[-1] = {"role": m["role"], "content": merged[-1]["content"] + "\n" + m["content"]}
