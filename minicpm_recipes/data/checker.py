@@ -116,6 +116,13 @@ def _too_long(tokens: int, cutoff_len: int) -> Finding:
             "warning")
 
 
+def _kto_flip(path: str) -> Finding:
+    return (path, "kto-label", "empty answer with label true",
+            "a non-empty answer for a desirable (true) example",
+            "LLaMA-Factory reads an empty first answer as an undesirable example: write the answer or set the "
+            "label to false", "error")
+
+
 def _tools_finding(rec: dict, tools_col: str | None, allow_objects: bool) -> Finding | None:
     if not tools_col:
         return None
@@ -155,6 +162,7 @@ def _alpaca_rules(spec: DatasetSpec, cutoff_len: int | None):
     stage = spec.stage
     answer_cols = [c for c in ((chosen, rejected) if stage == "rm" else (response,)) if c]
     prompt_path = _p(prompt or query or "instruction")
+    kto_col = cols["kto_tag"] if stage == "kto" and response else None
 
     def rules(rec: dict) -> list[Finding] | None:
         out = None
@@ -169,6 +177,8 @@ def _alpaca_rules(spec: DatasetSpec, cutoff_len: int | None):
             if not v or v.isspace():
                 out = (out or []) + [(_p(c), "empty-content", "empty or whitespace-only answer", "non-empty text",
                                       "remove the record or write the answer", "warning")]
+        if kto_col and get(kto_col) is True and not get(response):
+            out = (out or []) + [_kto_flip(_p(response))]
         if tools:
             f = _tools_finding(rec, tools, False)
             if f:
@@ -211,6 +221,7 @@ def _sharegpt_rules(spec: DatasetSpec, cutoff_len: int | None):
     chosen, rejected, tools, system = cols["chosen"], cols["rejected"], cols["tools"], cols["system"]
     check_pair = ranking and chosen and rejected
     prefix = _p(mcol)
+    kto_col = cols["kto_tag"] if spec.stage == "kto" else None
 
     def rules(rec: dict) -> list[Finding] | None:
         out = None
@@ -248,15 +259,17 @@ def _sharegpt_rules(spec: DatasetSpec, cutoff_len: int | None):
         for i in range(start, n_all):
             m = msgs[i]
             c = m[ct]
-            if not c or c.isspace():
-                out = (out or []) + [(f"{prefix}[{i}].{ct}", "empty-content", "empty or whitespace-only content",
-                                      "non-empty text", "write the content or remove the turn pair", "warning")]
-            elif func is not None and m[rt] == func:
+            if func is not None and m[rt] == func:
                 f = _function_call_finding(c, f"{prefix}[{i}].{ct}")
                 if f:
                     out = (out or []) + [f]
+            elif not c or c.isspace():
+                out = (out or []) + [(f"{prefix}[{i}].{ct}", "empty-content", "empty or whitespace-only content",
+                                      "non-empty text", "write the content or remove the turn pair", "warning")]
             if cutoff_len:
                 tokens += estimate_tokens(c) + MESSAGE_OVERHEAD_TOKENS
+        if kto_col and n and rec.get(kto_col) is True and not msgs[-1][ct]:
+            out = (out or []) + [_kto_flip(f"{prefix}[{n_all - 1}].{ct}")]
         if check_pair:
             for col in (chosen, rejected):
                 m = rec[col]
@@ -264,7 +277,11 @@ def _sharegpt_rules(spec: DatasetSpec, cutoff_len: int | None):
                     out = (out or []) + [(_p(col, rt), "chosen-rejected", f"role {m[rt]!r}", expected[1],
                                           "chosen and rejected are assistant answers", "error")]
                 c = m[ct]
-                if not c or c.isspace():
+                if func is not None and m[rt] == func:
+                    f = _function_call_finding(c, _p(col, ct))
+                    if f:
+                        out = (out or []) + [f]
+                elif not c or c.isspace():
                     out = (out or []) + [(_p(col, ct), "empty-content", "empty or whitespace-only answer",
                                           "non-empty text", "write the answer", "warning")]
         if tools:
@@ -353,6 +370,10 @@ def _openai_rules(spec: DatasetSpec, cutoff_len: int | None):
             out.append((prefix, "message-count", f"{n} turns (tool messages merged)",
                         "an odd count" if ranking else "an even count ending with an assistant answer",
                         "add the missing answer or remove the trailing turn", "error"))
+        kto_col = cols["kto_tag"] if spec.stage == "kto" else None
+        if kto_col and n and rec.get(kto_col) is True and not msgs[aligned[-1][1]][ct] and \
+                not msgs[aligned[-1][1]].get("tool_calls"):
+            out.append(_kto_flip(f"{prefix}[{aligned[-1][1]}].{ct}"))
         if ranking and chosen and rejected:
             for col in (chosen, rejected):
                 m = rec[col]
