@@ -110,6 +110,14 @@ def test_demo_datasets_pass_validate(name):
     assert not result.invalid
 
 
+@pytest.mark.parametrize("name", sorted(STAGE_OF))
+def test_validate_command_strict(name):
+    _validator()
+    proc = run_cli("validate", "--dataset", name, "--dataset-dir", str(DEMO), "--strict",
+                   "--stage", STAGE_OF[name].replace("pretrain", "pt"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def _num_examples(log: str) -> list[int]:
     return [int(n) for n in re.findall(r"Num examples = (\d+)", log)]
 
