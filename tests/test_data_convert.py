@@ -381,3 +381,22 @@ def test_chatglm3_thought_before_tool_call_needs_fix_turns():
     assert [m["role"] for m in fixed.messages] == ["user", "function_call", "observation", "assistant"]
     assert notes == ["dropped assistant text right before a tool call"]
     assert cv.check_turns(fixed) is None
+
+
+def test_explicit_dev_file_and_no_split(tmp_path):
+    train_src, dev_src = MINICPM_DATA / "train.json", MINICPM_DATA / "dev.json"
+    report = cv.convert([train_src], tmp_path / "a", "x", dev=dev_src, dev_ratio=0.5)
+    assert not report.split_from_train
+    assert report.train.records == len(load(train_src)) and report.dev.records == len(load(dev_src))
+    report = cv.convert([train_src], tmp_path / "b", "x", dev_ratio=0)
+    assert report.dev is None and report.train.records == len(load(train_src))
+    assert not (tmp_path / "b" / "x_dev.json").exists()
+    proc = run_cli("convert", str(train_src), "-o", str(tmp_path / "c"), "--dev-ratio", "0", cwd=tmp_path)
+    assert proc.returncode == 0 and "no validation set" in proc.stdout
+
+
+def test_output_may_not_overwrite_an_input(tmp_path):
+    src = write_jsonl(tmp_path / "x_train.json", [chat(("user", "a"), ("assistant", "b"))] * 3)
+    with pytest.raises(UserError, match="also an input"):
+        cv.convert([src], tmp_path, "x", overwrite=True)
+    assert src.read_text().count("\n") == 3  # untouched
