@@ -147,10 +147,12 @@ def validate_data_file(path: str) -> None:
         return  # the validator module is not part of this installation; read_records' checks still apply
     result = validate_file(path, format="messages", stage="sft")
     if not result.ok:
-        problems = list(getattr(result, "problems", []))
-        first = str(problems[0]) if problems else "invalid data"
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise UserError(f"{path}: {first}{more}; run `minicpm-recipes validate {path}` for the full report")
+        errors = [p for p in result.problems if getattr(p, "severity", "error") == "error"] or list(result.problems)
+        first = errors[0].format() if errors and hasattr(errors[0], "format") else (str(errors[0]) if errors else "")
+        count = int(getattr(result, "errors", len(errors)) or len(errors))
+        more = f" (and {count - 1} more problems)" if count > 1 else ""
+        raise UserError(f"{first or path + ': invalid data'}{more}; see `minicpm-recipes validate {path} "
+                        "--format messages` for the full report")
 
 
 def resolve_deepspeed(value: str | None, output_dir: str | Path) -> str | None:
@@ -307,8 +309,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     deepspeed = resolve_deepspeed(cfg.deepspeed, cfg.output_dir)
 
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, GenerationConfig, Trainer, TrainingArguments, set_seed
 
+    set_seed(cfg.seed)  # before the model and LoRA weights are created, so that a run is reproducible
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust, chat_template=cfg.chat_template)
     generation_eos = None
     try:
