@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "preview": "minicpm_recipes.commands.preview_cmd",
     "serve": "minicpm_recipes.commands.serve_cmd",
     "render-export": "minicpm_recipes.commands.render_export_cmd",
+    "finetune": "minicpm_recipes.commands.finetune_cmd",
     "convert": "minicpm_recipes.commands.convert_cmd",
     "register": "minicpm_recipes.commands.register_cmd",
 }
