@@ -92,6 +92,8 @@ def test_update_in_the_middle_changes_only_that_value(lf_dir):
 
 def test_same_registration_twice_changes_nothing(lf_dir):
     info = lf_dir / "dataset_info.json"
+    assert register_entry(info, "identity", {"file_name": "identity.json"}).action == "unchanged"
+    assert sorted(p.name for p in lf_dir.iterdir() if p.name.startswith("dataset_info")) == ["dataset_info.json"]
     register_entry(info, "adgen", MSG_ENTRY)
     before = info.read_bytes()
     stat = info.stat()

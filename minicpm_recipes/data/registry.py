@@ -296,7 +296,9 @@ def register_entry(
         raise UserError(f"{path.parent}: no such folder; create it first")
     dataset_dir = Path(dataset_dir) if dataset_dir is not None else given.parent
     # validate the data first, outside the lock (it reads the whole file); re-plan under the lock
-    plan_registration(path, name, entry, force=force, validate=validate, dataset_dir=dataset_dir)
+    first = plan_registration(path, name, entry, force=force, validate=validate, dataset_dir=dataset_dir)
+    if not first.changes:  # already registered: no write, not even the lock file
+        return RegisterOutcome("unchanged", path, None, name, first.entry)
     lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
