@@ -204,9 +204,9 @@ def _validate_data(name: str, entry: dict[str, Any], dataset_dir: Path, target: 
     if not files:
         raise UserError(f"entry {name!r}: {target} holds no data file")
     for path in files:
-        result = validate_file(path, entry=entry, dataset_dir=dataset_dir, max_errors=5)
+        result = validate_file(path, entry=entry, dataset_dir=dataset_dir, max_errors=3)
         if not result.ok:
-            shown = "; ".join(p.format() if hasattr(p, "format") else str(p) for p in result.problems[:5])
+            shown = "; ".join(p.format() if hasattr(p, "format") else str(p) for p in result.problems[:3])
             raise UserError(f"{path} does not fit the entry {name!r}: {result.invalid} of {result.records} "
                             f"record(s) invalid: {shown}; fix the data or the entry (`minicpm-recipes validate "
                             f"{path}` lists every problem)")
