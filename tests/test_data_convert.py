@@ -400,3 +400,13 @@ def test_output_may_not_overwrite_an_input(tmp_path):
     with pytest.raises(UserError, match="also an input"):
         cv.convert([src], tmp_path, "x", overwrite=True)
     assert src.read_text().count("\n") == 3  # untouched
+
+
+def test_chatglm3_loss_flags_are_reported(tmp_path):
+    rec = chat(("user", "a"), ("assistant", "b"))
+    rec["conversations"][1]["loss"] = False
+    src = write_jsonl(tmp_path / "glm.jsonl", [rec, chat(("user", "c"), ("assistant", "d"))])
+    report = cv.convert([src], tmp_path / "out", "g", dev_ratio=0)
+    assert report.fixes == {cv.LOSS_NOTE: 1}
+    proc = run_cli("convert", str(src), "-o", str(tmp_path / "out2"), "--dev-ratio", "0", cwd=tmp_path)
+    assert proc.returncode == 0 and "`loss` flags" in proc.stdout

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if report.dev is None:
         print("note: no validation set; the fine-tuning guides expect one (use --dev FILE or --dev-ratio 0.1)")
     for what, n in sorted(report.fixes.items()):
-        print(f"fixed: {what}: {n}")
+        print(f"changed: {what}: {n} time(s)")
     if report.dropped:
         print(f"note: {report.dropped} conversation(s) had nothing usable left and were not written")
     if args.register:

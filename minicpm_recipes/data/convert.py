@@ -518,6 +518,15 @@ def _scan_tools(sources: Iterable[Source]) -> bool:
     return False
 
 
+LOSS_NOTE = ("ignored per-message `loss` flags (LLaMA-Factory trains on every assistant turn; "
+             "`mask_history: true` trains on the last one only)")
+
+
+def _has_loss_flags(record: Any) -> bool:
+    msgs = record.get("conversations") if isinstance(record, dict) else None
+    return isinstance(msgs, list) and any(isinstance(m, dict) and "loss" in m for m in msgs)
+
+
 def convert(
     inputs: list[Path],
     out_dir: Path,
@@ -580,6 +589,8 @@ def convert(
                     report.read += 1
                     try:
                         turns = to_turns(rec, fmt)
+                        if fmt in ("chatglm3", "chat-export") and _has_loss_flags(rec):
+                            report.fixes[LOSS_NOTE] = report.fixes.get(LOSS_NOTE, 0) + 1
                         if fix:
                             turns, notes = fix_turns(turns)
                             for note in notes:
