@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Jinja chat template replacing the tokenizer's own (for models without one)")
     g.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None,
                    help="load the model's own modeling code (default: from the recipe catalog / model folder)")
+    g.add_argument("--attn-implementation", default=None,
+                   help="eager, sdpa or flash_attention_2 (default: the recipe catalog's; MiniCPM-SALA needs "
+                        "flash_attention_2)")
     g.add_argument("--output-dir", default="output/finetune", help="checkpoints and the final model (default %(default)s)")
 
     g = p.add_argument_group("method")
@@ -100,7 +103,7 @@ def config_from_args(args: argparse.Namespace):
         save_steps=args.save_steps, logging_steps=args.logging_steps, save_total_limit=args.save_total_limit,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed,
         max_length=args.max_length, resume=args.resume, trust_remote_code=args.trust_remote_code,
-        chat_template=args.chat_template, report_to=args.report_to,
+        chat_template=args.chat_template, report_to=args.report_to, attn_implementation=args.attn_implementation,
         dataloader_num_workers=args.dataloader_num_workers,
     )
 

@@ -44,6 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master-port", type=int, default=29500, help="rendezvous port for --nodes > 1 (default 29500)")
     p.add_argument("-o", "--out", default="configs", metavar="DIR",
                    help="folder to write the files to (default ./configs); '-' prints the training YAML")
+    p.add_argument("--backend", choices=("llamafactory", "trainer"), default="llamafactory",
+                   help="llamafactory (default): a LLaMA-Factory YAML; trainer: a launch script for "
+                        "`minicpm-recipes finetune` (transformers.Trainer, sft only)")
+    p.add_argument("--train-data", default=None, metavar="FILE",
+                   help="--backend trainer: {\"messages\": [...]} training file (default: the bundled sft demo)")
+    p.add_argument("--eval-data", default=None, metavar="FILE", help="--backend trainer: validation file")
+    p.add_argument("--dev-ratio", type=float, default=None, metavar="R",
+                   help="--backend trainer: split this fraction off --train-data instead (default 0.1 without "
+                        "--eval-data)")
 
 
 def _reference_dir(out_dir: Path) -> str:
@@ -64,9 +73,18 @@ def _path_for_yaml(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from ..render import DEFAULT_MODEL, RenderOptions, render, write_rendered
     from ..resources import datasets_dir
 
+    if args.backend == "trainer":
+        from ..native.render import run_render
+
+        return run_render(args)
+    for flag, value in (("--train-data", args.train_data), ("--eval-data", args.eval_data),
+                        ("--dev-ratio", args.dev_ratio)):
+        if value is not None:
+            raise UserError(f"{flag} applies to --backend trainer; LLaMA-Factory reads --dataset/--dataset-dir")
     to_stdout = args.out == "-"
     out_dir = Path(args.out)
     if args.dataset_dir is not None:

@@ -18,6 +18,8 @@ from ..errors import UserError
 from . import data as nd
 
 SUMMARY_FILE = "finetune_summary.json"
+# the catalog's flash_attn (LLaMA-Factory's names) -> transformers' attn_implementation; auto: the default
+ATTN_IMPLEMENTATIONS = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": None}
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -55,6 +57,7 @@ class FinetuneConfig:
     max_length: int = 2048
     resume: str | None = None  # None/"no", "yes"/"latest", a step number, or a checkpoint folder
     trust_remote_code: bool | None = None  # None: from the catalog / the model folder
+    attn_implementation: str | None = None  # None: from the catalog (MiniCPM-SALA: flash_attention_2)
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
     report_to: str = "none"
     dataloader_num_workers: int = 0
@@ -74,14 +77,16 @@ def model_defaults(model: str) -> dict[str, Any]:
         known = next((m for m in catalog.models if m.id.split("/")[-1].lower() == base), None)
     if known is not None:
         return {"lora_target": known.lora_target, "lora_rank": known.lora_rank, "lora_alpha": known.lora_alpha,
-                "trust_remote_code": known.trust_remote_code, "name_or_path": str(local) if local.is_dir() else known.id}
+                "trust_remote_code": known.trust_remote_code, "name_or_path": str(local) if local.is_dir() else known.id,
+                "attn_implementation": ATTN_IMPLEMENTATIONS.get(known.flash_attn)}
     trust = False
     if local.is_dir():
         try:
             trust = bool(json.loads((local / "config.json").read_text(encoding="utf-8")).get("auto_map"))
         except (OSError, ValueError):
             trust = False
-    return {"lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "trust_remote_code": trust, "name_or_path": model}
+    return {"lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "trust_remote_code": trust, "name_or_path": model,
+            "attn_implementation": None}
 
 
 def default_learning_rate(use_lora: bool) -> float:
@@ -331,8 +336,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if bf16 is None:
         bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     dtype = torch.bfloat16 if bf16 else torch.float32
+    attn = cfg.attn_implementation or defaults["attn_implementation"]
+    load_kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust, dtype=dtype,
+                                                     **load_kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"--model {name_or_path}: cannot load the model ({str(exc).splitlines()[0]})") from exc
     if getattr(model.config, "pad_token_id", None) is None:
