@@ -24,7 +24,7 @@ MASTER_ADDR ?=
 MASTER_PORT ?= 29500
 
 # the bundled tiny model and its CPU-friendly overrides: used only when MODEL is empty
-TINY_MODEL ?= .cache/tiny-model
+TINY_MODEL ?= .cache/models/tiny
 TINY_RUNS ?= .cache/runs
 TINY_CONFIGS ?= .cache/configs
 TINY_STEPS ?= 3
