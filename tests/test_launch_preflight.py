@@ -135,6 +135,28 @@ def test_datasets_pass_the_validator():
     assert "(and 2 more)" in problems[0].message
 
 
+def test_a_crashing_validator_does_not_block_training():
+    def broken_validate(name, dataset_dir, **kw):
+        raise ValueError("bug in the validator")
+
+    notes: list[str] = []
+    problems = check_datasets({"dataset": "alpaca_en_demo", "dataset_dir": str(LF_DATA)}, broken_validate,
+                              notes=notes)
+    assert problems == [] and len(notes) == 1 and "bug in the validator" in notes[0]
+
+
+def test_validator_gets_stage_and_cutoff_len():
+    seen = []
+
+    def validate(name, dataset_dir, **kw):
+        seen.append(kw)
+        return SimpleNamespace(ok=True, problems=[])
+
+    check_datasets({"dataset": "dpo_en_demo", "dataset_dir": str(LF_DATA), "stage": "dpo", "cutoff_len": 64}, validate)
+    check_datasets({"dataset": "dpo_en_demo", "dataset_dir": str(LF_DATA), "stage": "ppo"}, validate)
+    assert seen == [{"stage": "dpo", "cutoff_len": 64}, {"stage": None}]
+
+
 def test_real_validator_when_installed(tmp_path):
     validate = preflight.default_validator()
     if validate is None:

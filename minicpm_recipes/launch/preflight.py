@@ -321,9 +321,16 @@ def default_validator() -> Validator | None:
     return validate_dataset
 
 
-def check_datasets(cfg: Mapping[str, Any], validate: Validator | None = None, *,
-                   max_problems: int = 3) -> list[Problem]:
-    """Every dataset the config names is registered in dataset_dir/dataset_info.json and passes `validate`."""
+VALIDATOR_STAGES = ("sft", "rm", "dpo", "kto", "pt")  # the stages `validate_dataset` knows
+
+
+def check_datasets(cfg: Mapping[str, Any], validate: Validator | None = None, *, max_problems: int = 3,
+                   notes: list[str] | None = None) -> list[Problem]:
+    """Every dataset the config names is registered in dataset_dir/dataset_info.json and passes `validate`.
+
+    `validate(name, dataset_dir, stage=..., cutoff_len=...)` returns an object with `.ok` and `.problems`; a
+    validator that crashes (a bug, not the user's data) does not block training: it adds a note instead.
+    """
     from ..catalog import did_you_mean
 
     dataset_dir = str(cfg.get("dataset_dir") or "data")  # LLaMA-Factory's default
@@ -350,14 +357,25 @@ def check_datasets(cfg: Mapping[str, Any], validate: Validator | None = None, *,
         entry = info[name] if isinstance(info[name], dict) else {}
         if validate is None or any(entry.get(k) for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")):
             continue  # hub datasets are downloaded by LLaMA-Factory itself
+        stage = str(cfg.get("stage", "sft"))
+        kwargs: dict[str, Any] = {"stage": stage if stage in VALIDATOR_STAGES else None}
+        if isinstance(cfg.get("cutoff_len"), int):
+            kwargs["cutoff_len"] = cfg["cutoff_len"]
         try:
-            result = validate(name, dataset_dir)
+            result = validate(name, dataset_dir, **kwargs)
         except UserError as exc:
             problems.append(Problem(f"{key}: {name}: {exc}", key))
             continue
+        except Exception as exc:  # noqa: BLE001 - the validator's bug must not stop a training run
+            if notes is not None:
+                notes.append(f"could not validate dataset {name} ({type(exc).__name__}: {exc}); "
+                             "LLaMA-Factory will still check it when it loads it")
+            continue
         if not getattr(result, "ok", True):
-            found = list(getattr(result, "problems", ()) or ())
-            shown = "; ".join(str(p) for p in found[:max_problems])
+            found = [p for p in (getattr(result, "problems", ()) or ())
+                     if getattr(p, "severity", "error") == "error"]
+            shown = "; ".join(_one_line(p.format() if hasattr(p, "format") else str(p), 300)
+                              for p in found[:max_problems])
             more = f" (and {len(found) - max_problems} more)" if len(found) > max_problems else ""
             problems.append(Problem(f"{key}: {name} does not pass validation: {shown}{more}; "
                                     f"see `minicpm-recipes validate {name} --dataset-dir {dataset_dir}`", key))

@@ -144,7 +144,8 @@ def prepare(config: str, overrides: Sequence[str] = (), *, nnodes: int | None = 
     outcome = preflight.evaluate(cfg, facts, no_resume=no_resume, version=load_spec().version)
     problems += list(outcome.problems)
     validator = preflight.default_validator() if validate == "default" else validate
-    problems += preflight.check_datasets(cfg, validator)
+    data_notes: list[str] = []
+    problems += preflight.check_datasets(cfg, validator, notes=data_notes)
     checked = ["config keys", "cross-field rules", "template", "output_dir",
                "datasets registered" + (" and validated" if validator else " (validation not installed)")]
     if problems:
@@ -156,5 +157,5 @@ def prepare(config: str, overrides: Sequence[str] = (), *, nnodes: int | None = 
         if problems:
             raise preflight.PreflightError(problems)
         checked.append("LLaMA-Factory parser")
-    return Prepared(config_path=config, config=cfg, plan=plan, notes=outcome.notes + plan.notes,
+    return Prepared(config_path=config, config=cfg, plan=plan, notes=outcome.notes + tuple(data_notes) + plan.notes,
                     resume_from=outcome.resume_from, checked=tuple(checked))
