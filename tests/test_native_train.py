@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_native_data import THREE_TURNS
 
 from minicpm_recipes.cli import main
 from minicpm_recipes.native import data as nd
 from minicpm_recipes.native.train import SUMMARY_FILE
-from test_native_data import THREE_TURNS
 
 IGN = nd.IGNORE_INDEX
 

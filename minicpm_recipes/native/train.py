@@ -423,6 +423,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "eval_conversations": len(dev_set),
         "dropped_conversations": dropped_train + dropped_dev,
         "world_size": args.world_size,
+        "distributed_type": getattr(trainer.accelerator.distributed_type, "value",
+                                    str(trainer.accelerator.distributed_type)),
         "deepspeed": deepspeed,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra_callbacks"},
     }
