@@ -44,13 +44,14 @@ def tokenizer():
 
 def lf_verdict(path: Path, entry: dict, stage: str, tokenizer, template: str, cache_dir: Path):
     """LLaMA-Factory's view: ("failed", reason) or ("rows", [kept: bool per record]) (pt: one verdict)."""
-    from datasets import load_dataset
     from llamafactory.data.converter import get_dataset_converter
     from llamafactory.data.loader import _get_dataset_processor
     from llamafactory.data.parser import get_dataset_list
     from llamafactory.data.template import get_template_and_fix_tokenizer
     from llamafactory.extras.constants import FILEEXT2TYPE
     from llamafactory.hparams import DataArguments
+
+    from datasets import load_dataset
 
     lf_stage = LF_STAGE[stage]
     data_args = DataArguments(template=template, cutoff_len=4096, dataset_dir=str(path.parent),

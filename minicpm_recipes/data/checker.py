@@ -16,6 +16,7 @@ Warnings: empty or whitespace-only content, samples longer than a cutoff_len est
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 
 from . import schemas
+from .loader import ShapeMask
 from .spec import DatasetSpec
 
 Finding = tuple[str, str, str, str, str, str]  # path, rule, message, expected, hint, severity
@@ -54,6 +56,9 @@ class Checker:
     validate: Callable[[Any], Any]
     rules: Callable[[Any], list[Finding] | None]
     cutoff_len: int | None = None
+    # shape cache (see loader.ShapeMask): None where a check depends on long string contents
+    shape_mask: ShapeMask | None = None
+    shape_unsafe: tuple[bytes, ...] = ()  # shapes holding these bytes are never cached (function calls)
 
     def check(self, record: Any) -> list[Finding]:
         try:
@@ -64,6 +69,18 @@ class Checker:
                         self.spec.schema_name, self.spec.names, record)] or [
                 ("$", "schema", "does not match the schema", self.spec.schema_name, "", "error")]
         return self.rules(record) or []
+
+    def shape_cacheable(self, record: Any) -> bool:
+        """A clean record whose findings depend on its shape only: not one with a function call (whose long
+        content must be JSON)."""
+        spec = self.spec
+        func = spec.tags.get("function_tag")
+        if spec.formatting != "sharegpt" or func is None:
+            return True
+        rt = spec.tags["role_tag"]
+        msgs = list(record.get(spec.columns["messages"]) or [])
+        msgs += [record.get(c) for c in (spec.columns.get("chosen"), spec.columns.get("rejected")) if c]
+        return not any(isinstance(m, dict) and m.get(rt) == func for m in msgs)
 
     # --- file-level helpers (used by validate.py) ---
     def text_of(self, record: Any) -> str:
@@ -103,7 +120,39 @@ def make_checker(spec: DatasetSpec, cutoff_len: int | None = None) -> Checker:
         rules = _openai_rules(spec, cutoff_len)
     else:
         rules = _sharegpt_rules(spec, cutoff_len)
-    return Checker(spec, validate, rules, cutoff_len)
+    return Checker(spec, validate, rules, cutoff_len, *_shape_cache(spec, cutoff_len))
+
+
+# keywords under which a record schema would look at string *values* (the shape cache hides long ones)
+_VALUE_KEYWORDS = {"enum", "const", "pattern", "minLength", "maxLength", "format", "contentEncoding",
+                   "contentMediaType", "patternProperties", "propertyNames", "dependencies", "if",
+                   "additionalProperties", "minProperties", "maxProperties"}
+
+
+def _uses_string_values(node: Any) -> bool:
+    if isinstance(node, dict):
+        if _VALUE_KEYWORDS & node.keys():
+            return True
+        return any(_uses_string_values(v) for k, v in node.items() if k not in ("description", "title", "$id"))
+    if isinstance(node, list):
+        return any(_uses_string_values(v) for v in node)
+    return False
+
+
+def _shape_cache(spec: DatasetSpec, cutoff_len: int | None) -> tuple[ShapeMask | None, tuple[bytes, ...]]:
+    """Where every finding is decided by a record's shape: alpaca/sharegpt sft and ranking data without a tools
+    column and without a cutoff_len estimate (those read long string contents), and a record schema that checks
+    no string values."""
+    if (cutoff_len or spec.stage not in ("sft", "rm") or spec.formatting not in ("alpaca", "sharegpt")
+            or spec.columns.get("tools") or _uses_string_values(schemas.filled_schema(spec.schema_name, spec.names))):
+        return None, ()
+    names = [t for t in spec.names.values() if t is not None]
+    longest = max((len(json_dumps(t)) for t in names), default=2)
+    return ShapeMask(max(longest, 16)), ()
+
+
+def json_dumps(value: str) -> bytes:
+    return json.dumps(value).encode()
 
 
 def _empty(s: Any) -> bool:
@@ -218,7 +267,7 @@ def _sharegpt_rules(spec: DatasetSpec, cutoff_len: int | None):
     accept = ((user, obs), (asst, func))
     expected = (_names(user, obs), _names(asst, func))
     ranking = bool(spec.ranking)
-    chosen, rejected, tools, system = cols["chosen"], cols["rejected"], cols["tools"], cols["system"]
+    chosen, rejected, tools, _system = cols["chosen"], cols["rejected"], cols["tools"], cols["system"]
     check_pair = ranking and chosen and rejected
     prefix = _p(mcol)
     kto_col = cols["kto_tag"] if spec.stage == "kto" else None

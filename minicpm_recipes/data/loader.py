@@ -9,12 +9,13 @@ Nothing reads a whole file into memory:
   finds the exact end of that one record.
 - parquet and arrow via pyarrow (row batches), csv via the csv module, txt one record `{"text": line}` a line
   (what `datasets`' text loader gives).
-Each item is `(line, record, raw)`: `line` is 1-based (None for parquet/arrow), `raw` the record's bytes where
-the file has them (used for duplicate detection), `record` a `BadRecord` when the bytes are not valid JSON.
+Each item is `(line, record, raw, shape)`: `line` is 1-based (None for parquet/arrow), `raw` the record's bytes
+where the file has them (duplicate detection), `record` LAZY for JSON (parse `raw`), `shape` see ShapeMask.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -32,6 +33,9 @@ FILEEXT2TYPE = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json",
 CHUNK = 8 << 20
 
 
+LAZY = object()  # a JSON record not parsed yet: parse `raw`
+
+
 @dataclass(frozen=True)
 class BadRecord:
     """Bytes that are not a JSON value; `line` is where the error is."""
@@ -44,16 +48,69 @@ def file_type(path: str | os.PathLike) -> str | None:
     return FILEEXT2TYPE.get(os.path.splitext(str(path))[1][1:])
 
 
-class RecordStream:
-    """Iterate `(line, record, raw)`; `position` is how many bytes have been consumed (for progress bars)."""
+_AMBIGUOUS_FIRST = frozenset([*range(0x21), 0x5C, 0xC2, 0xE1, 0xE2, 0xE3])  # may start whitespace / escapes
+_NOT_CONTROL = bytes(range(0x20, 0x100))
+_BAD_ESCAPE = re.compile(rb'\\(?:[^"\\/bfnrtu]|u(?![0-9a-fA-F]{4})|u[dD][89a-fA-F])')
 
-    def __init__(self, path: str | os.PathLike):
+
+class ShapeMask:
+    """The *shape* of a raw JSON record: its bytes outside strings verbatim, its strings verbatim, except long
+    ones, which are masked. Records of one shape get the same findings (the shape cache in validate.py).
+
+    A string is masked only when it is at least `min_len` bytes long (longer than every column and tag name,
+    so never a key or role the checks compare) and starts with a byte that certainly begins a non-whitespace
+    character (so it is neither empty nor whitespace-only). No shape (None) for records where splitting at
+    quotes could mislead: an escaped quote, a raw control character or an invalid/surrogate escape inside
+    strings. Invalid UTF-8 is ruled out per block by the reader. So two records with one shape have the same
+    keys, types, array lengths, numbers, booleans, nulls, short strings, non-blank long strings, and are both
+    valid JSON or both not.
+    """
+
+    def __init__(self, min_len: int):
+        self.min_len = min_len
+
+    def __call__(self, raw: bytes):
+        if b'\\"' in raw:
+            return None
+        parts = raw.split(b'"')
+        if not len(parts) & 1:
+            return None
+        strings = parts[1::2]
+        inner = b'"'.join(strings)
+        if inner.translate(None, _NOT_CONTROL) or (b"\\" in inner and _BAD_ESCAPE.search(inner)):
+            return None
+        k = self.min_len
+        amb = _AMBIGUOUS_FIRST
+        return b'"'.join(parts[0::2]), tuple([s if len(s) < k or s[0] in amb else None for s in strings])
+
+
+def _utf8_ok(decoder, data: bytes, final: bool = False) -> bool:
+    if data.isascii():
+        return True
+    try:
+        decoder.decode(data, final)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class RecordStream:
+    """Iterate `(line, record, raw, shape)`; `position` is how many bytes have been consumed (progress bars).
+
+    JSON files yield `record` = LAZY (the caller parses `raw` with orjson, unless `shape` is a known clean
+    shape) and `shape` = the masked bytes when a `mask` is given; other file types yield parsed records and
+    shape None.
+    """
+
+    def __init__(self, path: str | os.PathLike, mask: ShapeMask | None = None, clean: set | None = None):
         self.path = Path(path)
         self.position = 0
         self.kind = file_type(path)
         self.size = self.path.stat().st_size
+        self.mask = mask
+        self.clean = clean if clean is not None else set()
 
-    def __iter__(self) -> Iterator[tuple[int | None, Any, bytes | None]]:
+    def __iter__(self) -> Iterator[tuple[int | None, Any, bytes | None, bytes | None]]:
         if self.kind == "json":
             return self._json()
         if self.kind == "text":
@@ -78,32 +135,44 @@ class RecordStream:
                 yield from self._json_lines(fh)
 
     def _json_lines(self, fh):
-        loads = orjson.loads
+        mask = self.mask
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        rest = b""
+        lineno = 0
         pos = 0
-        for lineno, raw in enumerate(fh, 1):
-            pos += len(raw)
-            if lineno & 1023 == 0:
-                self.position = pos
-            if raw.isspace():
-                continue
-            try:
-                rec = loads(raw)
-            except orjson.JSONDecodeError as err:
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    try:
-                        rec = loads(raw[3:])
-                    except orjson.JSONDecodeError:
-                        yield lineno, BadRecord(lineno, _json_msg(err)), raw
-                        continue
-                    yield lineno, rec, raw
+        first = True
+        while True:
+            chunk = fh.read(CHUNK)
+            if chunk:
+                data = rest + chunk
+                cut = data.rfind(b"\n")
+                if cut == -1:
+                    rest = data
                     continue
-                yield lineno, BadRecord(lineno, _json_msg(err)), raw
-                continue
-            yield lineno, rec, raw
-        self.position = pos
+                rest = data[cut + 1:]
+                data = data[:cut]
+            else:
+                data, rest = rest, b""
+                if not data:
+                    break
+            if first and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+            first = False
+            lines = data.split(b"\n")
+            use_shapes = mask is not None and _utf8_ok(decoder, data + b"\n")
+            for raw in lines:
+                lineno += 1
+                if not raw or raw.isspace():
+                    continue
+                yield lineno, LAZY, raw, (mask(raw) if use_shapes else None)
+            pos += len(data) + 1
+            self.position = min(pos, self.size)
+            if not chunk:
+                break
+        self.position = self.size
 
     def _json_array(self, fh):
-        reader = _ArrayReader(fh)
+        reader = _ArrayReader(fh, self.mask, self.clean)
         for item in reader:
             self.position = reader.consumed
             yield item
@@ -118,7 +187,7 @@ class RecordStream:
                 if lineno & 1023 == 0:
                     self.position = pos
                 text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                yield lineno, {"text": text}, raw
+                yield lineno, {"text": text}, raw, None
             self.position = pos
 
     def _csv(self):
@@ -128,7 +197,7 @@ class RecordStream:
             for row in reader:
                 # datasets' csv loader (pandas) reads empty fields as missing values
                 rec = {k: (v if v != "" else None) for k, v in row.items() if k is not None}
-                yield line, rec, orjson.dumps(rec)
+                yield line, rec, orjson.dumps(rec), None
                 line = reader.line_num + 1
             self.position = self.size
 
@@ -149,7 +218,7 @@ class RecordStream:
         done = 0
         for batch in batches:
             for rec in batch.to_pylist():
-                yield None, rec, None
+                yield None, rec, None, None
             done += batch.nbytes
             self.position = min(done, self.size)
         self.position = self.size
@@ -164,19 +233,21 @@ _STRUCT = re.compile(rb'["\[\]{}]')
 _STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.S)
 _WS = b" \t\r\n"
 _SCALAR_END = re.compile(rb"[,\]]")
-_UNPARSED = object()
 
 
 class _ArrayReader:
     """Split a top-level JSON array into its elements without loading the file."""
 
-    def __init__(self, fh: io.BufferedReader):
+    def __init__(self, fh: io.BufferedReader, mask: ShapeMask | None = None, clean: set | None = None):
         self.fh = fh
         self.buf = b""
         self.base = 0  # file offset of buf[0]
         self.eof = False
         self.consumed = 0
         self.literal: bytes | None = None
+        self.mask = mask
+        self.clean = clean if clean is not None else set()
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
 
     def _fill(self) -> bool:
         if self.eof:
@@ -185,6 +256,8 @@ class _ArrayReader:
         if not chunk:
             self.eof = True
             return False
+        if self.mask is not None and not _utf8_ok(self.decoder, chunk):
+            self.mask = None  # shapes could lie about these bytes: parse every record from here on
         self.buf += chunk
         return True
 
@@ -204,29 +277,27 @@ class _ArrayReader:
         pos = self._skip_ws(0)
         if self.buf[pos:pos + 3] == b"\xef\xbb\xbf":
             pos = self._skip_ws(pos + 3)
+        pos = self._skip_ws(pos + 1)  # past '['
         line = 1 + self.buf.count(b"\n", 0, pos)
-        pos += 1  # '['
-        pos = self._skip_ws(pos)
         if pos < len(self.buf) and self.buf[pos:pos + 1] == b"]":
             return
         while True:
             # pos: start of a record; line: its line
             if pos >= len(self.buf):
-                yield line, BadRecord(line, "invalid JSON: unexpected end of file inside the array"), None
+                yield line, BadRecord(line, "invalid JSON: unexpected end of file inside the array"), None, None
                 return
-            end, nxt, rec = self._find_end(pos)
+            end, nxt, rec, raw, shape = self._find_end(pos)
             buf = self.buf
             if end is None:
-                yield line, BadRecord(line, "invalid JSON: unterminated value (missing ']' or '}'?)"), None
+                yield line, BadRecord(line, "invalid JSON: unterminated value (missing ']' or '}'?)"), None, None
                 return
-            raw = buf[pos:end]
-            if rec is _UNPARSED:
+            if rec is LAZY and shape is None:
                 try:
                     rec = loads(raw)
                 except orjson.JSONDecodeError as err:
                     err_line = line + raw.count(b"\n", 0, getattr(err, "pos", 0) or 0)
                     rec = BadRecord(err_line, _json_msg(err))
-            yield line, rec, raw
+            yield line, rec, raw, shape
             if nxt is None:  # the closing ']'
                 return
             line += buf.count(b"\n", pos, nxt)
@@ -237,9 +308,12 @@ class _ArrayReader:
                 pos = 0
             self.consumed = self.base + pos
 
-    def _find_end(self, pos: int) -> tuple[int | None, int | None, Any]:
-        """(end of the record at pos, start of the next record or None after the last one, the parsed record
-        or _UNPARSED)."""
+    def _find_end(self, pos: int):
+        """(end of the record at pos, start of the next record or None after the last one, the record (LAZY:
+        not parsed; it is when its shape is None), its raw bytes, its shape or None).
+
+        A cut point guessed from the record-opening literal is proved by orjson parsing the slice as one value,
+        or by the slice's shape being one already seen for a single valid record."""
         buf = self.buf
         lit = self.literal
         if lit is None or not buf.startswith(lit, pos):
@@ -260,13 +334,25 @@ class _ArrayReader:
                     while k > pos and buf[k] in _WS:
                         k -= 1
                     if buf[k] == 0x7D:  # '}'
+                        raw = buf[pos:k + 1]
+                        mask = self.mask
+                        if mask is not None:
+                            shape = mask(raw)
+                            if shape in self.clean:
+                                return k + 1, q, LAZY, raw, shape
+                        else:
+                            shape = None
                         try:
-                            rec = orjson.loads(buf[pos:k + 1])
+                            rec = orjson.loads(raw)
                         except orjson.JSONDecodeError:
                             pass
                         else:
-                            return k + 1, q, rec
-        return (*self._scan(pos), _UNPARSED)
+                            return k + 1, q, rec, raw, shape
+        end, nxt = self._scan(pos)
+        if end is None:
+            return None, None, None, None, None
+        raw = self.buf[pos:end]
+        return end, nxt, LAZY, raw, None
 
     def _scan(self, pos: int) -> tuple[int | None, int | None]:
         """Exact: walk strings and brackets from pos to the end of the value, then past ',' or ']'."""

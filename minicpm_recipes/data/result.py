@@ -55,6 +55,7 @@ class ValidationResult:
     file_errors: int = 0
     max_errors: int | None = 100
     truncated: bool = False
+    shape_hits: int = 0  # records settled by the shape cache (diagnostics; not part of the report)
 
     @property
     def ok(self) -> bool:

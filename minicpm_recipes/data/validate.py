@@ -22,15 +22,16 @@ import orjson
 
 from ..errors import UserError
 from .checker import Checker, make_checker
-from .loader import FILEEXT2TYPE, BadRecord, RecordStream, file_type
+from .loader import FILEEXT2TYPE, LAZY, BadRecord, RecordStream, file_type
 from .result import Problem, ValidationResult
 from .schemas import check_dataset_info_entry
-from .spec import DatasetSpec, STAGE_LABEL, detect_format, entry_for_format, normalize_stage
+from .spec import STAGE_LABEL, DatasetSpec, detect_format, entry_for_format, normalize_stage
 
 DEFAULT_MAX_ERRORS = 100
 LF_DEFAULT_CUTOFF_LEN = 2048
 DETECT_SAMPLE = 200
 PROGRESS_MIN_BYTES = 32 << 20
+SHAPE_CACHE_MAX = 50_000
 
 __all__ = ["validate_file", "validate_dataset", "ValidationResult", "Problem", "entry_problems"]
 
@@ -82,7 +83,7 @@ class _Run:
     """Accumulates one dataset's validation over its files, then adds the dataset-level findings."""
 
     def __init__(self, spec: DatasetSpec, *, cutoff_len: int | None, max_errors: int | None,
-                 progress: bool, duplicates: bool = True):
+                 progress: bool, duplicates: bool = True, shapes: bool = True):
         self.spec = spec
         self.checker: Checker = make_checker(spec, cutoff_len)
         self.cutoff_len = cutoff_len
@@ -90,6 +91,8 @@ class _Run:
                                        max_errors=max_errors)
         self.progress = progress
         self.duplicates = duplicates
+        self.shapes = shapes
+        self.clean: set[bytes] = set()
         self.missing = set(self.checker.accessed_columns())
         self.hashes = array("q")
         self.seen: set[int] = set()
@@ -104,7 +107,8 @@ class _Run:
         res = self.result
         fname = str(path)
         res.files.append(fname)
-        stream = stream or RecordStream(path)
+        checker = self.checker
+        stream = stream or RecordStream(path, checker.shape_mask if self.shapes else None, self.clean)
         items = iter(stream) if records is None else records
         bar = None
         if self.progress and stream.size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
@@ -112,20 +116,41 @@ class _Run:
 
             bar = tqdm(total=stream.size, unit="B", unit_scale=True, desc=path.name, file=sys.stderr, leave=False)
         self.file_starts.append(len(self.hashes))
-        check = self.checker.check
+        check = checker.check
         missing = self.missing
         seen, hashes, dups = self.seen, self.hashes, self.duplicates
+        clean = self.clean
+        cache_shapes = checker.shape_mask is not None and self.shapes
         is_pt = self.spec.stage == "pt"
         is_kto = self.spec.stage == "kto"
         add = res.add
+        loads = orjson.loads
         invalid = 0
+        hits = 0
         index = -1
         gc_was_enabled = gc.isenabled()
         gc.disable()  # records are acyclic; collection passes only cost time on large files
         try:
-            for index, (line, rec, raw) in enumerate(items):
+            for index, (line, rec, raw, shape) in enumerate(items):
                 if bar is not None and index & 4095 == 0:
                     bar.update(stream.position - bar.n)
+                if shape is not None and shape in clean:
+                    # same shape as a record that passed every check: passes them too (loader.ShapeMask)
+                    hits += 1
+                    if dups:
+                        h = hash(raw)
+                        hashes.append(h)
+                        if h in seen:
+                            self._dup(fname, line, index, h)
+                        else:
+                            seen.add(h)
+                    continue
+                if rec is LAZY:
+                    try:
+                        rec = loads(raw)
+                    except orjson.JSONDecodeError as err:
+                        rec = BadRecord(line + raw.count(b"\n", 0, getattr(err, "pos", 0) or 0),
+                                        f"invalid JSON: {err.msg}")
                 if rec.__class__ is BadRecord:
                     invalid += 1
                     if dups:
@@ -137,13 +162,10 @@ class _Run:
                     missing.difference_update(rec.keys())
                 findings = check(rec)
                 if dups:
-                    h = hash(raw.rstrip(b"\r\n")) if raw is not None else hash(
-                        orjson.dumps(rec, option=orjson.OPT_SORT_KEYS))
+                    h = hash(raw) if raw is not None else hash(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS))
                     hashes.append(h)
                     if h in seen:
-                        self.n_dups += 1
-                        if len(self.dups) < (res.max_errors or 1 << 62):
-                            self.dups.append((fname, line, len(hashes) - 1, index, h))
+                        self._dup(fname, line, index, h)
                     else:
                         seen.add(h)
                 if findings:
@@ -155,12 +177,15 @@ class _Run:
                     if bad:
                         invalid += 1
                         continue
+                elif (shape is not None and cache_shapes and len(clean) < SHAPE_CACHE_MAX
+                      and checker.shape_cacheable(rec)):
+                    clean.add(shape)
                 if is_pt:
-                    text = self.checker.text_of(rec)
+                    text = checker.text_of(rec)
                     self.pt_upper += len(text.encode("utf-8")) + 2
                     self.pt_estimate += len(text) // 4 + 1
                 elif is_kto:
-                    self.kto[bool(self.checker.kto_label(rec))] += 1
+                    self.kto[bool(checker.kto_label(rec))] += 1
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -168,6 +193,12 @@ class _Run:
                 bar.close()
         res.records += index + 1
         res.invalid += invalid
+        res.shape_hits += hits
+
+    def _dup(self, fname: str, line: int | None, index: int, h: int) -> None:
+        self.n_dups += 1
+        if len(self.dups) < (self.result.max_errors or 1 << 62):
+            self.dups.append((fname, line, len(self.hashes) - 1, index, h))
 
     def finish(self) -> ValidationResult:
         res = self.result
@@ -179,7 +210,7 @@ class _Run:
                 if h in wanted and h not in first:
                     first[h] = i
             starts = self.file_starts
-            for fname, line, pos, index, h in self.dups:
+            for fname, line, _pos, index, h in self.dups:
                 j = first.get(h, 0)
                 k = max(i for i, s in enumerate(starts) if s <= j)
                 other = f"record {j - starts[k]}" + ("" if res.files[k] == fname else f" of {res.files[k]}")
@@ -220,10 +251,18 @@ class _Run:
         return res
 
 
-def _peek(stream: RecordStream, n: int) -> tuple[list, Any]:
-    it = iter(stream)
-    head = list(itertools.islice(it, n))
-    return head, itertools.chain(head, it)
+def _sample(path: Path, n: int) -> list:
+    """The first n records that parse (for layout detection)."""
+    out = []
+    for _, rec, raw, _ in itertools.islice(iter(RecordStream(path)), n):
+        if rec is LAZY:
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+        if not isinstance(rec, BadRecord):
+            out.append(rec)
+    return out
 
 
 def _check_path(path: Path) -> None:
@@ -240,7 +279,7 @@ def _check_path(path: Path) -> None:
 def validate_file(path: str | os.PathLike, *, format: str | None = None, stage: str | None = None,
                   entry: dict[str, Any] | None = None, dataset_dir: str | os.PathLike | None = None,
                   cutoff_len: int | None = None, max_errors: int | None = DEFAULT_MAX_ERRORS,
-                  progress: bool = False, duplicates: bool = True) -> ValidationResult:
+                  progress: bool = False, duplicates: bool = True, shapes: bool = True) -> ValidationResult:
     """Validate one data file. With `entry` (a dataset_info entry) the file is read through its column and tag
     mapping; otherwise through the entry `format` implies, or the one detected from the first records.
     `dataset_dir` resolves a relative `path`."""
@@ -249,13 +288,9 @@ def validate_file(path: str | os.PathLike, *, format: str | None = None, stage: 
         path = Path(dataset_dir) / path
     _check_path(path)
     stage = _stage_or_usage_error(stage)
-    stream_and_records: tuple = ()
     problems: list[Problem] = []
     if entry is None:
-        stream = RecordStream(path)
-        head, records = _peek(stream, DETECT_SAMPLE)
-        stream_and_records = (stream, records)
-        sample = [rec for _, rec, _ in head if not isinstance(rec, BadRecord)]
+        sample = _sample(path, DETECT_SAMPLE)
         keys: set[str] = set()
         if format is None:
             if file_type(path) == "text":
@@ -281,13 +316,14 @@ def validate_file(path: str | os.PathLike, *, format: str | None = None, stage: 
         problems += check_dataset_info_entry("entry", entry, file=str(path))
     spec = DatasetSpec.from_entry(entry, stage)
     problems += entry_problems(spec, file=str(path))
-    run = _Run(spec, cutoff_len=cutoff_len, max_errors=max_errors, progress=progress, duplicates=duplicates)
+    run = _Run(spec, cutoff_len=cutoff_len, max_errors=max_errors, progress=progress, duplicates=duplicates,
+               shapes=shapes)
     for p in problems:
         run.result.add(p)
     if any(p.severity == "error" for p in problems) and _fatal(problems):
         run.result.files.append(str(path))
         return run.result
-    run.run_file(path, *stream_and_records)
+    run.run_file(path)
     return run.finish()
 
 
@@ -311,7 +347,7 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
 
 def validate_dataset(name: str, dataset_dir: str | os.PathLike, *, stage: str | None = None,
                      cutoff_len: int | None = None, max_errors: int | None = DEFAULT_MAX_ERRORS,
-                     progress: bool = False, duplicates: bool = True) -> ValidationResult:
+                     progress: bool = False, duplicates: bool = True, shapes: bool = True) -> ValidationResult:
     """Validate the dataset `name` registered in `dataset_dir/dataset_info.json`, through its entry (column and
     tag mapping, formatting, ranking) exactly as LLaMA-Factory would load it."""
     info = read_dataset_info(dataset_dir)
@@ -334,7 +370,8 @@ def validate_dataset(name: str, dataset_dir: str | os.PathLike, *, stage: str | 
                             "file; download it and validate the files")
     spec = DatasetSpec.from_entry(entry, stage)
     problems += entry_problems(spec, file=info_file, name=name)
-    run = _Run(spec, cutoff_len=cutoff_len, max_errors=max_errors, progress=progress, duplicates=duplicates)
+    run = _Run(spec, cutoff_len=cutoff_len, max_errors=max_errors, progress=progress, duplicates=duplicates,
+               shapes=shapes)
     for p in problems:
         run.result.add(p)
     file_name = entry.get("file_name")
