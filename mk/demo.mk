@@ -47,7 +47,7 @@ demo: tiny-model
 	printf '%s\nexit\n' "$(DEMO_PROMPT)" > "$(DEMO_DIR)/chat-input.txt"; \
 	step chat $(LFCLI) chat "$$configs/tiny_lora_sft_merged_infer.yaml" max_new_tokens=24 do_sample=false \
 	  < "$(DEMO_DIR)/chat-input.txt"; \
-	answer=$$(sed -n 's/^Assistant: //p' "$(DEMO_DIR)/logs/chat.log" | head -n 1); \
+	answer=$$(sed -n 's/^.*Assistant: //p' "$(DEMO_DIR)/logs/chat.log" | head -n 1); \
 	echo "   User: $(DEMO_PROMPT)"; echo "   Assistant: $$answer"; \
 	echo "   (a tiny random-weight model trained for $(DEMO_STEPS) steps: expect noise, not an advert)"; \
 	test -n "$$answer"; \
