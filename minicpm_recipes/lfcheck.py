@@ -4,7 +4,8 @@ and accelerate's config loader.
 The checks run in a child process (`python -m minicpm_recipes.lfcheck`) because LLaMA-Factory's parser sets up
 torch.distributed and global DeepSpeed state. The child poses as rank 0 of a one-process torchrun job
 (WORLD_SIZE=1 on a free loopback port), so DeepSpeed and FSDP configs parse as they would under torchrun;
-without a GPU it adds `use_cpu: true` unless the config sets it, as the only change to the config.
+without a GPU it adds `use_cpu: true` unless the config sets it (to true or false), as the only change to the
+config. A train check also fails for a chat template the installed LLaMA-Factory does not have.
 """
 
 from __future__ import annotations
@@ -62,10 +63,16 @@ def _check_train(path: str, overrides: dict[str, Any]) -> None:
     # read exactly as `llamafactory-cli train FILE` does
     config = OmegaConf.to_container(OmegaConf.load(Path(path).absolute()))
     config.update(overrides)
-    if not torch.cuda.is_available():
-        config.setdefault("use_cpu", True)
+    if not torch.cuda.is_available() and config.get("use_cpu") is None:
+        config["use_cpu"] = True
     _check_types(config)
-    get_train_args(config)
+    _, data_args, *_ = get_train_args(config)
+    # the parser takes any template name; LLaMA-Factory only looks it up when it loads the tokenizer
+    if data_args.template is not None:
+        from llamafactory.data.template import TEMPLATES
+
+        if data_args.template not in TEMPLATES:
+            raise ValueError(f"template {data_args.template!r} does not exist in the installed LLaMA-Factory")
 
 
 def _check_types(config: dict[str, Any]) -> None:

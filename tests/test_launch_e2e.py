@@ -124,7 +124,12 @@ def test_two_nodes_rendezvous_on_localhost(tmp_path, tiny_model):
 
 def test_deepspeed_zero3_two_processes(tmp_path, tiny_model):
     config = render(tmp_path, tiny_model, "sft", "--method", "full", "--dist", "zero3", "--gpus-per-node", "2")
-    proc = train(tmp_path, config)
+    # use_cpu: true makes transformers set up plain gloo without DeepSpeed's comm, and DeepSpeed then sees a world
+    # of 1 and fails its batch-size check: preflight says so before anything starts
+    refused = run_cli("train", config, "--dry-run", cwd=tmp_path, timeout=120)
+    assert refused.returncode == 2 and "use_cpu" in refused.stderr, refused.stderr
+    # without use_cpu DeepSpeed picks the CPU accelerator itself
+    proc = train(tmp_path, config, "use_cpu=null")
     assert "plan: torchrun, 1 node(s) x 2 process(es)" in proc.stdout
     assert logs(proc).count("world size: 2") == 2
     check_trained(tmp_path / "out", method="full", steps=2)
@@ -181,7 +186,7 @@ def test_resume_after_sigkill(tmp_path, tiny_model):
 
     proc = train(tmp_path, config)
     assert f"note: resuming from checkpoint-{last} (step {last})" in proc.stdout
-    assert f"Continuing training from global step {last}" in logs(proc)
+    assert f"Resuming training from checkpoint with epoch 0 and global step {last}" in logs(proc)
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == steps
     logged = [e["step"] for e in state["log_history"] if "loss" in e]

@@ -37,6 +37,14 @@ def test_zero3_rules(key):
     assert check_rules(cfg, Facts(model=ModelFacts(name="m"), zero_stage=2)) == []
 
 
+def test_deepspeed_with_use_cpu_on_several_processes():
+    cfg = {"stage": "sft", "deepspeed": "ds.json", "use_cpu": True}
+    problems = check_rules(cfg, Facts(model=ModelFacts(name="m"), zero_stage=2, world_size=2))
+    assert [p.key for p in problems] == ["use_cpu"]
+    assert check_rules(cfg, Facts(model=ModelFacts(name="m"), zero_stage=2, world_size=1)) == []
+    assert check_rules({**cfg, "use_cpu": False}, Facts(model=ModelFacts(name="m"), world_size=2)) == []
+
+
 def test_neat_packing_only_in_sft():
     assert [p.key for p in check_rules({"stage": "dpo", "neat_packing": True}, PLAIN)] == ["neat_packing"]
     assert check_rules({"stage": "sft", "neat_packing": True}, PLAIN) == []
@@ -244,3 +252,13 @@ def test_train_multi_node_needs_rendezvous(tmp_path, tiny_model):
     assert proc.stderr.strip() == ("minicpm-recipes train: error: a 2-node run needs the rendezvous of node 0 on "
                                    "every node: set MASTER_ADDR and MASTER_PORT (or pass --master-addr/"
                                    "--master-port), the same on all nodes")
+
+
+def test_lfcheck_refuses_a_template_the_installed_llamafactory_lacks(tmp_path, tiny_model):
+    from minicpm_recipes import lfcheck
+
+    path = _config(tmp_path, tiny_model, template="cpm4")
+    bad, good = lfcheck.check_files([("train", path)], overrides={"template": "no_such_template"}), \
+        lfcheck.check_files([("train", path)])
+    assert not bad[0].ok and "no_such_template" in bad[0].error and "does not exist" in bad[0].error
+    assert good[0].ok, good[0].error

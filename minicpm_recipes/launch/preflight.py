@@ -66,6 +66,7 @@ class Facts:
     flash_attn_available: bool = False
     templates: frozenset[str] | None = None  # chat templates of the installed LLaMA-Factory (None: unknown)
     resume: Resume | None = None
+    world_size: int = 1  # processes of the planned launch
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,11 @@ def check_rules(cfg: Mapping[str, Any], facts: Facts) -> list[Problem]:
         problems.append(Problem(f"quantization_bit: {cfg.get('quantization_bit')} needs finetuning_type: lora "
                                 f"(QLoRA); a quantized model cannot be trained with finetuning_type: {finetuning}",
                                 "quantization_bit"))
+    if cfg.get("deepspeed") not in (None, "") and truthy(cfg.get("use_cpu")) and facts.world_size > 1:
+        problems.append(Problem(f"use_cpu: true with DeepSpeed ({cfg.get('deepspeed')}) on {facts.world_size} processes: "
+                                "transformers then starts plain gloo without DeepSpeed's communication, and DeepSpeed "
+                                "fails its batch-size check (world size 1); remove use_cpu (DeepSpeed finds the CPU "
+                                "by itself: pass use_cpu=null)", "use_cpu"))
     model = facts.model
     if model.requires_flash_attn and not facts.flash_attn_available:
         problems.append(Problem(f"{model.catalog_id or model.name} only runs with flash-attention 2 and the "
@@ -286,7 +292,7 @@ def flash_attn_importable() -> bool:
         return False
 
 
-def gather_facts(cfg: Mapping[str, Any]) -> tuple[Facts, list[Problem]]:
+def gather_facts(cfg: Mapping[str, Any], *, world_size: int = 1) -> tuple[Facts, list[Problem]]:
     from ..lfspec import load_spec
 
     zero, problems = zero_stage_of(cfg)
@@ -301,6 +307,7 @@ def gather_facts(cfg: Mapping[str, Any]) -> tuple[Facts, list[Problem]]:
         flash_attn_available=flash_attn_importable(),
         templates=load_spec().templates,
         resume=find_checkpoints(cfg["output_dir"]) if cfg.get("output_dir") not in (None, "") else None,
+        world_size=world_size,
     )
     if cfg.get("output_dir") in (None, ""):
         problems.append(Problem("output_dir is missing: add output_dir: FOLDER", "output_dir"))

@@ -140,7 +140,7 @@ def prepare(config: str, overrides: Sequence[str] = (), *, nnodes: int | None = 
     plan = _plan_launch(request, tools if tools is not None else tool_paths())
 
     # preflight: cheap checks first, LLaMA-Factory's parser last
-    facts, problems = preflight.gather_facts(cfg)
+    facts, problems = preflight.gather_facts(cfg, world_size=plan.topology.world_size)
     outcome = preflight.evaluate(cfg, facts, no_resume=no_resume, version=load_spec().version)
     problems += list(outcome.problems)
     validator = preflight.default_validator() if validate == "default" else validate

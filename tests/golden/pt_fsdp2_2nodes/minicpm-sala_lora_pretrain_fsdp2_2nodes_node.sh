@@ -6,7 +6,7 @@
 # MASTER_ADDR / MASTER_PORT / NPROC_PER_NODE from the environment win over the values below.
 set -euo pipefail
 
-: "${NODE_RANK:?set NODE_RANK to this node's rank, 0..1}"
+: "${NODE_RANK:?set NODE_RANK to the rank of this node, 0..1}"
 export NNODES=2
 export NODE_RANK
 export NPROC_PER_NODE="${NPROC_PER_NODE:-4}"
