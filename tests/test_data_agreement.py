@@ -413,3 +413,12 @@ def test_kto_null_answer_with_true_label_is_flagged(tokenizer, tmp_path):
     entry = {"file_name": path.name, "columns": {"prompt": "instruction", "response": "output", "kto_tag": "label"}}
     kind, lf = assert_agree(path, entry, "kto", tokenizer, "qwen", tmp_path)
     assert (kind, lf) == ("rows", [False, True])
+
+
+def test_alpaca_history_that_is_not_a_list_is_ignored_by_both(tokenizer, tmp_path):
+    records = [{"instruction": "q", "input": "", "output": "a", "history": "earlier chat"}] * 2
+    path = _write(tmp_path / "h.json", records)
+    entry = {"file_name": path.name,
+             "columns": {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}}
+    kind, lf = assert_agree(path, entry, "sft", tokenizer, "qwen", tmp_path)
+    assert (kind, lf) == ("rows", [True, True])

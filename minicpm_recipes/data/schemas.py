@@ -155,8 +155,18 @@ _TYPE_NAMES = {"string": "a string", "boolean": "a JSON boolean (true/false)", "
                "object": "an object", "integer": "an integer", "null": "null", "number": "a number"}
 
 
-def _describe_error(err) -> tuple[str, str, str]:
-    """(path, message, expected) for one jsonschema ValidationError."""
+def _describe_error(err) -> tuple[str, str, str, str]:
+    """(path, message, expected, keyword) for one jsonschema ValidationError."""
+    path, message, expected = _describe(err)
+    while err.validator in ("anyOf", "oneOf") and err.context and not all(
+            "required" in s for s in err.validator_value):
+        from jsonschema.exceptions import best_match
+
+        err = best_match([e for e in err.context if e.validator != "not"] or list(err.context))
+    return path, message, expected, err.validator
+
+
+def _describe(err) -> tuple[str, str, str]:
     path = list(err.absolute_path)
     kw = err.validator
     if kw == "required":
@@ -181,6 +191,11 @@ def _describe_error(err) -> tuple[str, str, str]:
         return json_path(path + [name]), msg, "one of " + ", ".join(allowed)
     if kw == "enum":
         return json_path(path), f"got {_short(err.instance)}", "one of " + ", ".join(map(str, err.validator_value))
+    if kw in ("anyOf", "oneOf") and err.context and not all("required" in s for s in err.validator_value):
+        from jsonschema.exceptions import best_match
+
+        relevant = [e for e in err.context if e.validator != "not"] or list(err.context)
+        return _describe(best_match(relevant))
     if kw == "anyOf" and all("required" in s for s in err.validator_value):
         keys = [s["required"][0] for s in err.validator_value]
         return json_path(path), "names no data source", "one of the keys " + ", ".join(keys)
@@ -203,8 +218,9 @@ def schema_errors(name: str, names: Mapping[str, str | None], instance: Any) -> 
     errors = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
     out = []
     for err in errors:
-        path, message, expected = _describe_error(err)
-        out.append((path, f"schema:{err.validator}", message, expected, _HINTS.get(err.validator, "")))
+        path, message, expected, kw = _describe_error(err)
+        hint = "each history item is [instruction, response]" if ".history" in path else _HINTS.get(kw, "")
+        out.append((path, f"schema:{kw}", message, expected, hint))
     return out
 
 
