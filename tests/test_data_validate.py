@@ -199,7 +199,7 @@ def test_role_alternation_parity_and_system_position(tmp_path):
         chat("system"),
         chat("user", "tool"),  # unmapped role
     ]
-    r = _one(tmp_path, records)
+    r = _one(tmp_path, records, format="messages")
     got = {(p.record, p.rule, p.path) for p in errors(r)}
     assert got == {(1, "role-alternation", "$.messages[1].role"), (2, "message-count", "$.messages"),
                    (3, "role-alternation", "$.messages[2].role"), (4, "schema:minItems", "$.messages"),
@@ -407,3 +407,31 @@ def test_validate_starts_without_heavy_imports(tmp_path):
             "print(rc, bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_openai_tool_calls_are_detected_and_checked(tmp_path):
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    rec = {"messages": [{"role": "user", "content": "q"}, call, {"role": "tool", "content": "1"},
+                        {"role": "tool", "content": "2"}, {"role": "assistant", "content": "a"}]}
+    r = _one(tmp_path, [rec, {"messages": rec["messages"][:3]}])
+    assert r.entry["formatting"] == "openai" and r.entry["tags"]["observation_tag"] == "tool"
+    # LLaMA-Factory drops the unanswered tool message and keeps [user, function call]: a warning
+    assert [(p.record, p.rule, p.severity) for p in r.problems] == [(1, "trailing-tool", "warning")]
+    rec2 = {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "1"}]}
+    assert [(p.rule, p.severity) for p in _one(tmp_path, [rec, rec2]).problems] == [
+        ("trailing-tool", "warning"), ("message-count", "error")]
+
+
+@pytest.mark.slow
+def test_bench_runs_in_quick_mode(tmp_path):
+    env = {"BENCH_VALIDATE_RECORDS": "300", "BENCH_VALIDATE_BIG_MB": "2", "BENCH_VALIDATE_REPEAT": "1",
+           "BENCH_VALIDATE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "bench", "validate"], cwd=REPO, capture_output=True, text=True,
+                          env={**__import__("os").environ, **env}, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a target missed (tiny sizes say little about speed)
+    out = proc.stdout
+    for needle in ("generated 300 records", "bench.json: orjson parse", "x orjson", "check-jsonschema",
+                   "faster", "peak RSS"):
+        assert needle in out, out
+    assert not list(tmp_path.glob("big.json"))  # the 2 GB-style file is removed after measuring

@@ -159,19 +159,23 @@ def detect_format(records: Iterable[Any]) -> tuple[str | None, set[str]]:
     """Guess the layout from the first records: (format or None, union of their top-level keys)."""
     keys: set[str] = set()
     first_msgs = None
+    tool_style = False  # OpenAI tool calling: tool_calls on assistant messages, role "tool" answers
     for rec in records:
         if isinstance(rec, dict):
             keys |= rec.keys()
             for col in ("messages", "conversations"):
                 value = rec.get(col)
-                if first_msgs is None and isinstance(value, list) and value and isinstance(value[0], dict):
-                    first_msgs = (col, value[0])
+                if isinstance(value, list) and value and isinstance(value[0], dict):
+                    if first_msgs is None:
+                        first_msgs = (col, value[0])
+                    tool_style = tool_style or any(
+                        isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in value)
     if first_msgs is not None:
         col, msg = first_msgs
         if "from" in msg or "value" in msg:
             return "sharegpt", keys
         if "role" in msg:
-            return "messages", keys
+            return ("openai" if tool_style else "messages"), keys
     if "messages" in keys or "conversations" in keys:
         return ("messages" if "messages" in keys else "sharegpt"), keys
     if keys & {"instruction", "output", "chosen", "rejected"}:
