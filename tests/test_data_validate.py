@@ -435,3 +435,11 @@ def test_bench_runs_in_quick_mode(tmp_path):
                    "faster", "peak RSS"):
         assert needle in out, out
     assert not list(tmp_path.glob("big.json"))  # the 2 GB-style file is removed after measuring
+
+
+@pytest.mark.parametrize("content", ["", "[]", "\n\n"])
+def test_empty_files_are_invalid(content, tmp_path):
+    path = tmp_path / "e.json"
+    path.write_text(content)
+    r = validate_file(path, format="messages")
+    assert not r.ok and [p.rule for p in r.problems] == ["no-records"]

@@ -203,6 +203,9 @@ class _Run:
     def finish(self) -> ValidationResult:
         res = self.result
         where = res.files[0] if len(res.files) == 1 else ", ".join(res.files)
+        if res.records == 0:
+            res.add(Problem(where, None, None, "$", "no-records", "holds no record", "at least one record",
+                            "LLaMA-Factory cannot train on an empty dataset; check the file", "error"))
         if self.dups:
             wanted = {h for *_, h in self.dups}
             first: dict[int, int] = {}
