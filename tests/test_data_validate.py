@@ -443,3 +443,15 @@ def test_empty_files_are_invalid(content, tmp_path):
     path.write_text(content)
     r = validate_file(path, format="messages")
     assert not r.ok and [p.rule for p in r.problems] == ["no-records"]
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys):
+    import minicpm_recipes.data.validate as V
+
+    path = write(tmp_path / "d.jsonl", [chat("user", "assistant", content=f"c{i}") for i in range(5000)])
+    monkeypatch.setattr(V, "PROGRESS_MIN_BYTES", 0)
+    assert validate_file(path, progress=True).ok
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: quiet
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert validate_file(path, progress=True).ok
+    assert "d.jsonl" in capsys.readouterr().err  # tqdm's bar, on stderr
