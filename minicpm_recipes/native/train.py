@@ -107,6 +107,14 @@ def peft_target_modules(target: str) -> str | list[str]:
     return modules
 
 
+def load_in_bf16(bf16: bool, *, use_lora: bool, deepspeed: str | None) -> bool:
+    """The dtype the weights are loaded in. Trainer's --bf16 is autocast: the weights it updates must stay fp32,
+    or updates smaller than bf16's precision (lr 1e-5 x a gradient) are rounded away and full fine-tuning
+    stands still. So: LoRA loads the frozen base in bf16 (peft keeps the adapter in fp32); DeepSpeed keeps its
+    own fp32 master weights, so bf16 is fine there; plain full fine-tuning (single, DDP, FSDP) loads fp32."""
+    return bool(bf16 and (use_lora or deepspeed))
+
+
 def checkpoints(output_dir: str | Path) -> dict[int, Path]:
     out = Path(output_dir)
     if not out.is_dir():
@@ -335,7 +343,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     bf16 = cfg.bf16
     if bf16 is None:
         bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = torch.float32 if not load_in_bf16(bf16, use_lora=cfg.use_lora, deepspeed=deepspeed) else torch.bfloat16
     attn = cfg.attn_implementation or defaults["attn_implementation"]
     load_kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
     try:
@@ -417,7 +425,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "start_step": run_log.start_step,
         "steps_run": run_log.steps_run,
         "global_step": trainer.state.global_step,
-        "train_loss": _run_train_loss(trainer.state.log_history, run_log.start_step or 0, result.training_loss),
+        "train_loss": (_run_train_loss(trainer.state.log_history, run_log.start_step or 0, result.training_loss)
+                       if run_log.steps_run else None),  # None: the checkpoint was already at --max-steps
         "eval_loss": eval_metrics.get("eval_loss"),
         "train_conversations": len(train_set),
         "eval_conversations": len(dev_set),
@@ -435,7 +444,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
         atomic_write_text(Path(cfg.output_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
         kind = "LoRA adapter" if cfg.use_lora else "model"
-        _say(f"step {summary['global_step']}: train loss {summary['train_loss']:.4f}, "
+        train_loss = "n/a" if summary["train_loss"] is None else f"{summary['train_loss']:.4f}"
+        _say(f"step {summary['global_step']}: train loss {train_loss}, "
              f"eval loss {summary['eval_loss']:.4f}; {kind} saved to {cfg.output_dir}"
              + (f", merged model to {summary['merged_dir']}" if summary.get("merged_dir") else ""))
     if args.world_size > 1:
@@ -446,10 +456,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     return summary
 
 
-def _run_train_loss(log_history: list[dict], start_step: int, fallback: float) -> float:
+def _run_train_loss(log_history: list[dict], start_step: int, fallback: float) -> float | None:
     """Mean logged training loss of this run's steps (Trainer's own average divides by the global step)."""
     losses = [e["loss"] for e in log_history if "loss" in e and e.get("step", 0) > start_step]
-    return float(sum(losses) / len(losses)) if losses else float(fallback)
+    return float(sum(losses) / len(losses)) if losses else fallback
 
 
 def merge_adapter(adapter_dir: str | Path, *, out_dir: str | Path | None = None, trust_remote_code: bool = False) -> str:
