@@ -204,3 +204,26 @@ def test_deepspeed_zero2_two_processes(tiny_model, repeated_data, tmp_path):
     summary = _summary(out)
     assert (summary["start_step"], summary["steps_run"], summary["global_step"]) == (4, 4, 8)
     assert (out / "checkpoint-8" / "global_step8" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
+
+
+def test_project_validator_checks_both_files(tiny_model, repeated_data, tmp_path, monkeypatch, capsys):
+    from minicpm_recipes.data import validate as validate_mod
+    from minicpm_recipes.data.result import Problem, ValidationResult
+
+    calls = []
+
+    def fake_validate_file(path, **kwargs):
+        calls.append((str(path), kwargs))
+        result = ValidationResult()
+        if str(path).endswith("dev.json"):
+            result.add(Problem(file=str(path), line=3, record=0, path="$.messages", rule="planted",
+                               message="planted problem"))
+        return result
+
+    monkeypatch.setattr(validate_mod, "validate_file", fake_validate_file)
+    train, dev = repeated_data
+    assert _finetune(tiny_model, train, dev, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert [c[0] for c in calls] == [str(train), str(dev)]
+    assert all(c[1].get("format") == "messages" and c[1].get("stage") == "sft" for c in calls)
+    assert "dev.json:3: record 0: $.messages: error: planted problem" in err and err.count("\n") == 1
