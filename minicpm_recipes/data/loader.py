@@ -233,6 +233,7 @@ _STRUCT = re.compile(rb'["\[\]{}]')
 _STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.S)
 _WS = b" \t\r\n"
 _SCALAR_END = re.compile(rb"[,\]]")
+_MAX_LITERALS = 4
 
 
 class _ArrayReader:
@@ -244,7 +245,7 @@ class _ArrayReader:
         self.base = 0  # file offset of buf[0]
         self.eof = False
         self.consumed = 0
-        self.literal: bytes | None = None
+        self.literals: tuple[bytes, ...] = ()
         self.mask = mask
         self.clean = clean if clean is not None else set()
         self.decoder = codecs.getincrementaldecoder("utf-8")()
@@ -315,15 +316,14 @@ class _ArrayReader:
         A cut point guessed from the record-opening literal is proved by orjson parsing the slice as one value,
         or by the slice's shape being one already seen for a single valid record."""
         buf = self.buf
-        lit = self.literal
-        if lit is None or not buf.startswith(lit, pos):
+        lits = self.literals
+        if not (lits and buf.startswith(lits, pos)):
             m = _OPEN_RECORD.match(buf, pos)
-            lit = self.literal = m.group(0) if m else None
-        if lit is not None:
-            q = buf.find(lit, pos + 1)
-            while q == -1 and self._fill():
-                buf = self.buf
-                q = buf.find(lit, pos + 1)
+            if m:
+                lits = self.literals = (m.group(0), *lits)[:_MAX_LITERALS]
+        if lits:
+            q = self._next_opening(pos, lits)
+            buf = self.buf
             if q != -1:
                 # candidate: '}' ws ',' ws <literal>
                 j = q - 1
@@ -353,6 +353,28 @@ class _ArrayReader:
             return None, None, None, None, None
         raw = self.buf[pos:end]
         return end, nxt, LAZY, raw, None
+
+    def _next_opening(self, pos: int, lits: tuple[bytes, ...]) -> int:
+        """The nearest occurrence of a record-opening literal after pos, looking ahead a bounded window
+        (records that open differently must not pull the file into memory)."""
+        window = 1 << 16
+        while True:
+            buf = self.buf
+            stop = pos + 1 + window
+            if len(lits) == 1:
+                q = buf.find(lits[0], pos + 1, stop)
+                if q != -1:
+                    return q
+            else:
+                found = [q for q in (buf.find(lit, pos + 1, stop) for lit in lits) if q != -1]
+                if found:
+                    return min(found)
+            if stop < len(buf):
+                if window >= (CHUNK << 1):
+                    return -1
+                window <<= 2
+            elif len(buf) - pos >= (CHUNK << 2) or not self._fill():
+                return -1
 
     def _scan(self, pos: int) -> tuple[int | None, int | None]:
         """Exact: walk strings and brackets from pos to the end of the value, then past ',' or ']'."""
