@@ -58,7 +58,6 @@ class Checker:
     cutoff_len: int | None = None
     # shape cache (see loader.ShapeMask): None where a check depends on long string contents
     shape_mask: ShapeMask | None = None
-    shape_unsafe: tuple[bytes, ...] = ()  # shapes holding these bytes are never cached (function calls)
 
     def check(self, record: Any) -> list[Finding]:
         try:
@@ -120,7 +119,7 @@ def make_checker(spec: DatasetSpec, cutoff_len: int | None = None) -> Checker:
         rules = _openai_rules(spec, cutoff_len)
     else:
         rules = _sharegpt_rules(spec, cutoff_len)
-    return Checker(spec, validate, rules, cutoff_len, *_shape_cache(spec, cutoff_len))
+    return Checker(spec, validate, rules, cutoff_len, _shape_cache(spec, cutoff_len))
 
 
 # keywords under which a record schema would look at string *values* (the shape cache hides long ones)
@@ -139,16 +138,16 @@ def _uses_string_values(node: Any) -> bool:
     return False
 
 
-def _shape_cache(spec: DatasetSpec, cutoff_len: int | None) -> tuple[ShapeMask | None, tuple[bytes, ...]]:
+def _shape_cache(spec: DatasetSpec, cutoff_len: int | None) -> ShapeMask | None:
     """Where every finding is decided by a record's shape: alpaca/sharegpt sft and ranking data without a tools
     column and without a cutoff_len estimate (those read long string contents), and a record schema that checks
     no string values."""
     if (cutoff_len or spec.stage not in ("sft", "rm") or spec.formatting not in ("alpaca", "sharegpt")
             or spec.columns.get("tools") or _uses_string_values(schemas.filled_schema(spec.schema_name, spec.names))):
-        return None, ()
+        return None
     names = [t for t in spec.names.values() if t is not None]
     longest = max((len(json_dumps(t)) for t in names), default=2)
-    return ShapeMask(max(longest, 16)), ()
+    return ShapeMask(max(longest, 16))
 
 
 def json_dumps(value: str) -> bytes:
