@@ -455,3 +455,12 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert validate_file(path, progress=True).ok
     assert "d.jsonl" in capsys.readouterr().err  # tqdm's bar, on stderr
+
+
+def test_dataset_info_schema_inlines_the_entry_schema_and_accepts_llamafactory_file():
+    entry = load_schema("dataset-info-entry")
+    whole = load_schema("dataset-info")
+    assert whole["definitions"]["entry"] == {k: v for k, v in entry.items() if k not in ("$schema", "$id")}
+    validator = jsonschema.Draft7Validator(whole)
+    assert list(validator.iter_errors(json.loads((LF_DATA / "dataset_info.json").read_text()))) == []
+    assert list(validator.iter_errors({"x": {"file_name": "a", "colums": {}}}))
