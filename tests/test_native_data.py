@@ -227,3 +227,50 @@ def test_lora_targets_come_from_the_catalog():
     assert nt.peft_target_modules("all") == "all-linear"
     sala = nt.model_defaults("minicpm-sala")
     assert (sala["trust_remote_code"], sala["lora_rank"]) == (True, 16)
+
+
+def _metaspace_tokenizer():
+    """A sentencepiece-like tokenizer (Metaspace: a '▁' is prepended to every text section), ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from minicpm_recipes.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    text = "".join(m["role"] + m["content"] for m in THREE_TURNS) + "\n▁"
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in sorted(set(text)):
+        vocab.setdefault(ch, len(vocab))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    core.add_special_tokens(SPECIAL_TOKENS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  unk_token="<unk>", bos_token="<s>")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def test_ids_are_the_templates_own_with_a_sentencepiece_like_tokenizer():
+    tok = _metaspace_tokenizer()
+    enc = nd.encode_conversation(tok, THREE_TURNS)
+    # tokenizing reply segments on their own would add a '▁' before each reply; the ids must not change
+    assert enc.input_ids == list(tok.apply_chat_template(THREE_TURNS, tokenize=True)["input_ids"])
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    runs, current = [], []
+    for i, label in enumerate(enc.labels + [IGN]):
+        if label != IGN:
+            current.append(label)
+        elif current:
+            runs.append(current)
+            current = []
+    replies = [m["content"] for m in THREE_TURNS if m["role"] == "assistant"]
+    assert [r[-1] for r in runs] == [end] * 3
+    assert [tok.decode(r[:-1]).strip() for r in runs] == replies
+
+
+def test_slow_tokenizer_path_matches_offsets_path(tok):
+    full, spans = nd._spans(tok, THREE_TURNS)
+    by_offsets = nd._pieces_by_offsets(tok, full, spans)
+    by_segments = nd._pieces_by_segments(tok, full, spans)
+    assert by_offsets == by_segments  # byte-level: no token crosses a prompt/reply boundary
+    assert [is_reply for _ids, is_reply in by_offsets] == [False, True] * 3 + [False]

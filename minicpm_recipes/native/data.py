@@ -9,8 +9,10 @@ template, and the label mask is derived from that template, not from hard-coded 
    its turn ends where `render(messages[:k + 1])` ends. Every prefix rendering must be a prefix of the full
    rendering (true for ChatML / MiniCPM4, Llama-3, Qwen2.5, ...); a template that renders earlier turns
    differently (e.g. one that strips reasoning from history) is refused with a clear error.
-2. Tokenize the text piece by piece (prompt pieces and reply pieces, `add_special_tokens=False`, since the
-   template writes BOS itself), which is how the model sees a reply at inference: generated after the prompt.
+2. Tokenize the whole text once (`add_special_tokens=False`: the template writes BOS itself), so the ids are
+   exactly `apply_chat_template(..., tokenize=True)`'s, and cut it at the replies by character offsets (a
+   token belongs to a reply when it starts inside it). Slow tokenizers, which have no offsets, tokenize the
+   prompt and reply segments one by one instead.
 3. Label each reply up to and including its end-of-turn token (the tokenizer's EOS / the generation config's
    EOS ids, e.g. `<|im_end|>`); whatever the template writes after it (ChatML's "\\n") and every system/user
    token and padding is -100. A template that puts no end-of-turn token after a reply gets the EOS token
@@ -177,6 +179,42 @@ def _spans(tokenizer: Any, messages: Sequence[dict]) -> tuple[str, list[tuple[in
     return full, spans
 
 
+def _pieces_by_offsets(tokenizer: Any, full: str, spans: list[tuple[int, int, int]]) -> list[tuple[list[int], bool]]:
+    """Tokenize the whole text once (exactly the template's tokens, as at inference) and cut it at the replies
+    by character offsets: a token belongs to a reply when it starts inside the reply's span."""
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    pieces: list[tuple[list[int], bool]] = []
+    t = 0
+    for start, end, _k in spans:
+        prompt: list[int] = []
+        while t < len(ids) and offsets[t][0] < start:
+            prompt.append(ids[t])
+            t += 1
+        reply: list[int] = []
+        while t < len(ids) and offsets[t][0] < end:
+            reply.append(ids[t])
+            t += 1
+        pieces += [(prompt, False), (reply, True)]
+    pieces.append((ids[t:], False))
+    return pieces
+
+
+def _pieces_by_segments(tokenizer: Any, full: str, spans: list[tuple[int, int, int]]) -> list[tuple[list[int], bool]]:
+    """Slow tokenizers (no offsets): tokenize prompt and reply segments one by one."""
+
+    def tok(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    pieces: list[tuple[list[int], bool]] = []
+    cursor = 0
+    for start, end, _k in spans:
+        pieces += [(tok(full[cursor:start]), False), (tok(full[start:end]), True)]
+        cursor = end
+    pieces.append((tok(full[cursor:]), False))
+    return pieces
+
+
 def encode_conversation(
     tokenizer: Any,
     messages: Sequence[dict],
@@ -190,30 +228,24 @@ def encode_conversation(
     """
     eot = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
     full, spans = _spans(tokenizer, messages)
-
-    def tok(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
+    if getattr(tokenizer, "is_fast", False):
+        pieces = _pieces_by_offsets(tokenizer, full, spans)
+    else:
+        pieces = _pieces_by_segments(tokenizer, full, spans)
     input_ids: list[int] = []
     labels: list[int] = []
-    cursor = 0
     eos_id = int(tokenizer.eos_token_id)
-    for start, end, _k in spans:
-        prompt_ids = tok(full[cursor:start])
-        input_ids += prompt_ids
-        labels += [IGNORE_INDEX] * len(prompt_ids)
-        reply_ids = tok(full[start:end])
-        last_eot = max((i for i, t in enumerate(reply_ids) if t in eot), default=-1)
+    for ids, is_reply in pieces:
+        if not is_reply:
+            input_ids += ids
+            labels += [IGNORE_INDEX] * len(ids)
+            continue
+        last_eot = max((i for i, t in enumerate(ids) if t in eot), default=-1)
         if last_eot < 0:  # the template ends this turn without an end-of-turn token: add one
-            reply_ids = reply_ids + [eos_id]
-            last_eot = len(reply_ids) - 1
-            # keep the template's trailing text (if any) after the added EOS unlabelled
-        input_ids += reply_ids
-        labels += reply_ids[: last_eot + 1] + [IGNORE_INDEX] * (len(reply_ids) - last_eot - 1)
-        cursor = end
-    tail = tok(full[cursor:])
-    input_ids += tail
-    labels += [IGNORE_INDEX] * len(tail)
+            ids = ids + [eos_id]
+            last_eot = len(ids) - 1
+        input_ids += ids
+        labels += ids[: last_eot + 1] + [IGNORE_INDEX] * (len(ids) - last_eot - 1)
     if max_length is not None and len(input_ids) > max_length:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     return Encoded(input_ids=input_ids, labels=labels)
