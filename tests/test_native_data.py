@@ -257,7 +257,7 @@ def test_ids_are_the_templates_own_with_a_sentencepiece_like_tokenizer():
     assert enc.input_ids == list(tok.apply_chat_template(THREE_TURNS, tokenize=True)["input_ids"])
     end = tok.convert_tokens_to_ids("<|im_end|>")
     runs, current = [], []
-    for i, label in enumerate(enc.labels + [IGN]):
+    for label in enc.labels + [IGN]:
         if label != IGN:
             current.append(label)
         elif current:
