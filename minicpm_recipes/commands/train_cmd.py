@@ -120,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"preflight: ok ({', '.join(prepared.checked)})")
     for note in prepared.notes:
         print(f"note: {note}")
-    print(f"plan: {plan.engine}, {topo.nnodes} node(s) x {topo.nproc_per_node} process(es), node rank "
-          f"{topo.node_rank}, rendezvous {topo.master_addr}:{topo.master_port}")
+    where = "" if plan.engine == "llamafactory" else (f", node rank {topo.node_rank}, rendezvous "
+                                                      f"{topo.master_addr}:{topo.master_port}")
+    print(f"plan: {plan.engine}, {topo.nnodes} node(s) x {topo.nproc_per_node} process(es){where}")
     for path in written:
         print(f"wrote {path}")
     print(f"command: {plan.command()}")
