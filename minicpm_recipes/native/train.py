@@ -398,6 +398,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
     )
     run_log = _progress_callback()
@@ -413,7 +414,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if resume_from:
         _say(f"resuming from {resume_from}")
     result = trainer.train(resume_from_checkpoint=resume_from)
-    eval_metrics = trainer.evaluate()
+    last_eval = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+        eval_metrics = {"eval_loss": last_eval["eval_loss"]}  # the Trainer just evaluated this step
+    else:
+        eval_metrics = trainer.evaluate()
     trainer.save_model(cfg.output_dir)
     trainer.save_state()
 
