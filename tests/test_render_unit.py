@@ -319,3 +319,20 @@ def test_write_rendered_to_unwritable_place_is_a_user_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot create"):
         write_rendered(render(RenderOptions(stage="sft")), blocker / "sub")
+
+
+@pytest.mark.parametrize("dist", [d for d in load_catalog().dists])
+def test_every_rendered_launch_script_is_valid_bash(tmp_path, dist):
+    import subprocess
+
+    rendered = render(RenderOptions(stage="sft", dist=dist, nodes=2, gpus_per_node=2, master_addr="10.0.0.1"))
+    scripts = [f for f in rendered.files if f.name.endswith(".sh")]
+    assert scripts
+    for f in scripts:
+        path = tmp_path / f.name
+        path.write_text(f.content, encoding="utf-8")
+        proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{f.name}: {proc.stderr}"
+        # without NODE_RANK the script stops with a clear message before launching anything
+        proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert proc.returncode != 0 and "NODE_RANK" in proc.stderr
