@@ -12,7 +12,14 @@ from conftest import LF_DATA, run_cli
 
 from minicpm_recipes.errors import UserError
 from minicpm_recipes.launch import preflight
-from minicpm_recipes.launch.preflight import Facts, ModelFacts, Resume, check_datasets, check_resume, check_rules
+from minicpm_recipes.launch.preflight import (
+    Facts,
+    ModelFacts,
+    Resume,
+    check_datasets,
+    check_resume,
+    check_rules,
+)
 
 PLAIN = Facts(model=ModelFacts(name="m"))
 

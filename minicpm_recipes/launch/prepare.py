@@ -18,7 +18,15 @@ from typing import Any
 
 from ..errors import UserError
 from . import preflight
-from .engines import AccelerateSettings, Hints, LaunchRequest, Plan, merge_hints, parse_node_script, parse_run_hint
+from .engines import (
+    AccelerateSettings,
+    Hints,
+    LaunchRequest,
+    Plan,
+    merge_hints,
+    parse_node_script,
+    parse_run_hint,
+)
 from .engines import plan_launch as _plan_launch
 
 
