@@ -200,3 +200,44 @@ def test_resume_after_sigkill(tmp_path, tiny_model):
     # --no-resume refuses the same folder now
     refused = run_cli("train", config, "--no-resume", "--dry-run", cwd=tmp_path, timeout=120)
     assert refused.returncode == 2 and "--no-resume" in refused.stderr
+
+
+def _pids_running(needle: str) -> list[int]:
+    """Live processes whose command line mentions `needle` (zombies excluded)."""
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle in cmdline and state not in ("Z", "X"):
+            found.append(int(proc_dir.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_every_process_of_a_ddp_run(tmp_path, tiny_model):
+    config = render(tmp_path, tiny_model, "sft", "--gpus-per-node", "2", sets=fast_sets(max_steps=400, save_steps=5))
+    needle = str(tmp_path / config)  # torchrun and both workers carry the config path, made absolute below
+    run = subprocess.Popen([sys.executable, "-m", "minicpm_recipes", "train", str(tmp_path / config)], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 300
+        while not (tmp_path / "out" / "checkpoint-5").exists() and run.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before it was signalled"
+        children = [pid for pid in _pids_running(needle) if pid != run.pid]
+        assert len(children) >= 3, children  # torchrun + 2 workers
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == 143
+        end = time.monotonic() + 30
+        while _pids_running(needle) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert _pids_running(needle) == []
+        assert not (tmp_path / "out" / "trainer_state.json").exists()  # stopped, not finished
+    finally:
+        if run.poll() is None:
+            run.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 
 import pytest
 
@@ -167,6 +168,8 @@ def test_node_script_hints_match_render(tmp_path):
                                     model="openbmb/MiniCPM4-8B", master_addr="10.1.2.3", master_port=29555,
                                     ref_dir="cfg"))
     script = rendered.file("launch").content
+    (tmp_path / "node.sh").write_text(script)
+    subprocess.run(["bash", "-n", str(tmp_path / "node.sh")], check=True)  # the script parses
     hints = parse_run_hint(rendered.files[0].content)
     assert hints.launch_script == "cfg/" + rendered.file("launch").name
     h = parse_node_script(script)
