@@ -181,3 +181,46 @@ def test_node_script_hints_match_render(tmp_path):
                                 model="openbmb/MiniCPM4-8B", ref_dir="cfg"))
     h = parse_node_script(fsdp.file("launch").content)
     assert h.engine == "accelerate" and h.accelerate_config == "cfg/fsdp2_config.yaml" and h.master_addr is None
+
+
+def test_elastic_rendezvous_like_llamafactory_cli():
+    env = {"RDZV_ID": "job7", "MAX_RESTARTS": "3", "MIN_NNODES": "1", "MAX_NNODES": "4", "NNODES": "2",
+           "NPROC_PER_NODE": "8", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}
+    plan = plan_launch(req(env=env))
+    assert plan.argv == ("torchrun", "--nnodes", "1:4", "--nproc-per-node", "8", "--rdzv-id", "job7",
+                         "--rdzv-backend", "c10d", "--rdzv-endpoint", "10.0.0.1:29400", "--max-restarts", "3",
+                         "-m", "llamafactory.launcher", "configs/x.yaml")
+
+
+def test_multi_node_scripts(tmp_path):
+    from minicpm_recipes.launch.scripts import render_scripts
+
+    env = {"NNODES": "3", "NODE_RANK": "0", "NPROC_PER_NODE": "8", "MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "29700"}
+    plan = plan_launch(req(config="cfg/my run.yaml", accelerate_config="cfg/fsdp2_config.yaml", env=env,
+                           overrides=("max_steps=9",)))
+    node, sbatch = render_scripts(plan, workdir="/work dir", scripts_dir="/work dir/cfg",
+                                  train_prefix=["minicpm-recipes"], extra_args=["--accelerate-config", "a b.yaml"])
+    assert (node.name, sbatch.name) == ("my run.node.sh", "my run.sbatch")
+    lines = node.content.splitlines()
+    assert "export NNODES=3" in lines and 'export MASTER_ADDR="${MASTER_ADDR:-10.0.0.9}"' in lines
+    assert 'export NPROC_PER_NODE="${NPROC_PER_NODE:-8}"' in lines and "cd '/work dir'" in lines
+    assert lines[-1] == "exec minicpm-recipes train 'cfg/my run.yaml' max_steps=9 --accelerate-config 'a b.yaml'"
+    assert "#SBATCH --nodes=3" in sbatch.content and "#SBATCH --gpus-per-node=8" in sbatch.content
+    assert "'/work dir/cfg/my run.node.sh'" in sbatch.content
+    for s in (node, sbatch):
+        (tmp_path / s.name).write_text(s.content)
+        subprocess.run(["bash", "-n", str(tmp_path / s.name)], check=True)
+    # the node script really exports what `train` reads on each node
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "minicpm-recipes").write_text("#!/bin/sh\necho \"$NNODES $NODE_RANK $NPROC_PER_NODE $MASTER_ADDR "
+                                          "$MASTER_PORT $MINICPM_RECIPES_NODE_SCRIPT $*\"\n")
+    (fake / "minicpm-recipes").chmod(0o755)
+    script = tmp_path / node.name
+    script.write_text(node.content.replace("cd '/work dir'", f"cd {tmp_path}"))
+    out = subprocess.run(["bash", str(script)], env={"PATH": f"{fake}:/usr/bin:/bin", "NODE_RANK": "2"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "3 2 8 10.0.0.9 29700 1 train cfg/my run.yaml max_steps=9 --accelerate-config a b.yaml"
+    missing = subprocess.run(["bash", str(script)], env={"PATH": f"{fake}:/usr/bin:/bin"}, capture_output=True,
+                             text=True)
+    assert missing.returncode != 0 and "NODE_RANK" in missing.stderr

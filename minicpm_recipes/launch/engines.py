@@ -14,6 +14,9 @@ failed run into a traceback; the variables that route would read (`NNODES`, `NOD
 `MASTER_ADDR`, `MASTER_PORT`, `FORCE_TORCHRUN`) are honoured the same way. LLaMA-Factory's own torchrun
 environment tweaks (`PYTORCH_CUDA_ALLOC_CONF`, `TORCH_NCCL_AVOID_RECORD_STREAMS`, unless `OPTIM_TORCH=0`) are kept.
 
+`RDZV_ID` (with `MAX_RESTARTS`, `MIN_NNODES`/`MAX_NNODES`) switches torchrun to an elastic c10d rendezvous, as
+llamafactory-cli does.
+
 Where each number comes from, first match wins:
   --flag > environment variable > the YAML's rendered launch hint (its `# Run:` line / per-node script) >
   the accelerate config > the visible GPU count (processes per node) > 1.
@@ -155,7 +158,7 @@ def resolve_topology(req: LaunchRequest) -> Topology:
     nnodes = _int(value, source, minimum=1) if value is not None else 1
 
     value, source = _first((req.node_rank, "--node-rank"), (env.get("NODE_RANK"), "NODE_RANK"))
-    if value is None and nnodes > 1:
+    if value is None and nnodes > 1 and not env.get("RDZV_ID"):  # an elastic rendezvous assigns ranks itself
         raise UserError(f"a {nnodes}-node run needs this node's rank: set NODE_RANK=0..{nnodes - 1} "
                         "(or pass --node-rank) on every node")
     node_rank = _int(value, source, minimum=0, maximum=nnodes - 1) if value is not None else 0
@@ -215,9 +218,19 @@ def plan_launch(req: LaunchRequest, tools: Mapping[str, str] | None = None) -> P
     elif engine == "torchrun":
         if topo.master_port is None:
             raise UserError("no rendezvous port: set MASTER_PORT (or pass --master-port)")
-        argv = [tools.get("torchrun", "torchrun"), "--nnodes", str(topo.nnodes), "--node_rank", str(topo.node_rank),
-                "--nproc_per_node", str(topo.nproc_per_node), "--master_addr", str(topo.master_addr),
-                "--master_port", str(topo.master_port), "-m", LAUNCHER_MODULE, *payload]
+        rdzv_id = req.env.get("RDZV_ID")
+        if rdzv_id:  # elastic, fault-tolerant launch, as llamafactory-cli does it when RDZV_ID is set
+            nnodes = str(topo.nnodes)
+            if req.env.get("MIN_NNODES") and req.env.get("MAX_NNODES"):
+                nnodes = f"{req.env['MIN_NNODES']}:{req.env['MAX_NNODES']}"
+            argv = [tools.get("torchrun", "torchrun"), "--nnodes", nnodes, "--nproc-per-node", str(topo.nproc_per_node),
+                    "--rdzv-id", rdzv_id, "--rdzv-backend", "c10d",
+                    "--rdzv-endpoint", f"{topo.master_addr}:{topo.master_port}",
+                    "--max-restarts", str(req.env.get("MAX_RESTARTS", "0")), "-m", LAUNCHER_MODULE, *payload]
+        else:
+            argv = [tools.get("torchrun", "torchrun"), "--nnodes", str(topo.nnodes), "--node_rank",
+                    str(topo.node_rank), "--nproc_per_node", str(topo.nproc_per_node), "--master_addr",
+                    str(topo.master_addr), "--master_port", str(topo.master_port), "-m", LAUNCHER_MODULE, *payload]
         if env_enabled(req.env, "OPTIM_TORCH", "1"):  # as llamafactory-cli does before torchrun
             for key, value in (("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
                                ("TORCH_NCCL_AVOID_RECORD_STREAMS", "1")):
