@@ -1,6 +1,7 @@
 # make demo: the whole pipeline on CPU in a few minutes, with the bundled tiny model and the demo data:
 #   validate -> register -> render + train sft, dpo, kto, pretrain (LoRA, a few steps each, loss plot kept)
-#   -> merge the SFT adapter (render-export + llamafactory-cli export) -> one chat answer from the merged model.
+#   -> preview the SFT tokens and labels
+#   -> merge the SFT adapter (render-export + llamafactory-cli export) -> one chat answer from the merged model (LLaMA-Factory's ChatModel, as `llamafactory-cli chat`).
 # Everything lands in $(DEMO_DIR); each heavy step's full output is in $(DEMO_DIR)/logs/.
 
 DEMO_DIR ?= .cache/demo
@@ -39,14 +40,15 @@ demo: tiny-model
 	  $(PY) -c 'import json, sys; d = sys.argv[1]; r = [json.loads(x) for x in open(d + "/trainer_log.jsonl")]; r = [x for x in r if "loss" in x]; print("   loss %.3f -> %.3f over %d logged steps; plot %s/training_loss.png" % (r[0]["loss"], r[-1]["loss"], len(r), d))' "$$out"; \
 	  test -s "$$out/training_loss.png"; \
 	done; \
-	echo "== 4. merge the SFT LoRA adapter into the base model"; \
+	echo "== 4. preview: how LLaMA-Factory tokenizes and masks the SFT data (first tokens)"; \
+	$(MR) preview "$$configs/tiny_lora_sft.yaml" --rows 12 | sed 's/^/   /'; \
+	echo "== 5. merge the SFT LoRA adapter into the base model"; \
 	$(MR) render-export "$$configs/tiny_lora_sft.yaml" --export-dir "$(DEMO_DIR)/merged" -o "$$configs" | sed 's/^/   /'; \
 	step export $(LFCLI) export "$$configs/tiny_lora_sft_export.yaml"; \
 	test -f "$(DEMO_DIR)/merged/config.json"; \
-	echo "== 5. one chat answer from the merged model"; \
-	printf '%s\nexit\n' "$(DEMO_PROMPT)" > "$(DEMO_DIR)/chat-input.txt"; \
-	step chat $(LFCLI) chat "$$configs/tiny_lora_sft_merged_infer.yaml" max_new_tokens=24 do_sample=false \
-	  < "$(DEMO_DIR)/chat-input.txt"; \
+	echo "== 6. one chat answer from the merged model"; \
+	step chat $(PY) -m minicpm_recipes.chat_once "$$configs/tiny_lora_sft_merged_infer.yaml" "$(DEMO_PROMPT)" \
+	  max_new_tokens=24 do_sample=false; \
 	answer=$$(sed -n 's/^.*Assistant: //p' "$(DEMO_DIR)/logs/chat.log" | head -n 1); \
 	echo "   User: $(DEMO_PROMPT)"; echo "   Assistant: $$answer"; \
 	echo "   (a tiny random-weight model trained for $(DEMO_STEPS) steps: expect noise, not an advert)"; \

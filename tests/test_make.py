@@ -152,3 +152,4 @@ def test_make_demo_end_to_end(tiny_copy, tmp_path):
     assert answer and answer[0].strip()
     assert f"Assistant: {answer[0]}" in out  # the demo shows the answer
     assert "ok: " in out and "demo: done" in out
+    assert "first sample (input_ids)" in out and "longer than cutoff_len 512" in out  # the preview step

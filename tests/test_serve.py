@@ -261,9 +261,10 @@ def test_render_export_merges_the_adapter_exactly(trained, tmp_path):
     assert torch.allclose(got, expected, atol=1e-4)
     assert not torch.allclose(got, untrained, atol=1e-4)  # the adapter changed something: a real merge
 
-    # the inference config of the merged model answers in LLaMA-Factory's chat CLI
-    chat = subprocess.run([str(lf), "chat", str(chat_cfg), "max_new_tokens=4"], input="你好\nexit\n",
-                          capture_output=True, text=True, timeout=300)
+    # the inference config of the merged model answers through LLaMA-Factory's ChatModel
+    chat = subprocess.run([sys.executable, "-m", "minicpm_recipes.chat_once", str(chat_cfg), "你好",
+                           "max_new_tokens=4", "do_sample=false"], capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stderr[-3000:]
-    assert "Assistant:" in chat.stdout
+    answers = [ln for ln in chat.stdout.splitlines() if ln.startswith("Assistant: ")]
+    assert len(answers) == 1 and answers[0][len("Assistant: "):]
     assert json.loads(json.dumps(yaml.safe_load(chat_cfg.read_text())))["model_name_or_path"] == str(merged)
