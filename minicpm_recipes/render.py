@@ -100,6 +100,8 @@ def parse_set(item: str) -> tuple[str, Any]:
         value = raw  # not valid YAML: keep the text as a string
     if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
         value = raw  # only scalars and flat lists are typed; anything else is the text as given
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads yes/no/on/off as booleans; `eval_strategy=no` means the string
     if isinstance(value, str) and raw.strip() == value and _FLOAT_RE.match(value):
         value = float(value)  # YAML 1.1 reads 5e-5 as a string; users (and OmegaConf) mean a number
     if isinstance(value, float) and value != value:  # NaN

@@ -96,6 +96,10 @@ def test_set_injection_is_also_safe_for_omegaconf(tmp_path):
         ("learning_rate=5e-5", ("learning_rate", 5e-5)),
         ("max_steps=10", ("max_steps", 10)),
         ("bf16=false", ("bf16", False)),
+        ("bf16=True", ("bf16", True)),
+        ("eval_strategy=no", ("eval_strategy", "no")),
+        ("save_strategy=NO", ("save_strategy", "NO")),
+        ("dataset=on", ("dataset", "on")),
         ("dataset=a,b", ("dataset", "a,b")),
         ("val_size=null", ("val_size", None)),
         ("output_dir=", ("output_dir", "")),
@@ -120,6 +124,12 @@ def test_parse_set_unknown_key_suggests_the_right_one():
 def test_parse_set_rejects_malformed(item):
     with pytest.raises(UserError):
         parse_set(item)
+
+
+def test_set_no_is_written_as_the_string_llamafactory_expects():
+    text = render(RenderOptions(stage="sft", sets=("eval_strategy=no",))).file("train").content
+    assert 'eval_strategy: "no"' in text
+    assert yaml.safe_load(text)["eval_strategy"] == "no"
 
 
 def test_set_null_removes_a_key_and_set_adds_unknown_section_keys():
