@@ -128,7 +128,7 @@ def test_parse_set_rejects_malformed(item):
 
 def test_set_no_is_written_as_the_string_llamafactory_expects():
     text = render(RenderOptions(stage="sft", sets=("eval_strategy=no",))).file("train").content
-    assert 'eval_strategy: "no"' in text
+    assert "eval_strategy: 'no'" in text
     assert yaml.safe_load(text)["eval_strategy"] == "no"
 
 
