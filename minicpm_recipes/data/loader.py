@@ -273,7 +273,6 @@ class _ArrayReader:
             buf = self.buf
 
     def __iter__(self):
-        loads = orjson.loads
         self._fill()
         pos = self._skip_ws(0)
         if self.buf[pos:pos + 3] == b"\xef\xbb\xbf":
@@ -282,6 +281,17 @@ class _ArrayReader:
         line = 1 + self.buf.count(b"\n", 0, pos)
         if pos < len(self.buf) and self.buf[pos:pos + 1] == b"]":
             return
+        yield from self._records(pos, line)
+
+    def resume(self, line: int):
+        """Records from the file handle's position on, which is the start of a record (not the array's '[')
+        on line `line`: what __iter__ yields from that record on."""
+        self.base = self.fh.tell()
+        self._fill()
+        yield from self._records(self._skip_ws(0), line)
+
+    def _records(self, pos: int, line: int):
+        loads = orjson.loads
         while True:
             # pos: start of a record; line: its line
             if pos >= len(self.buf):

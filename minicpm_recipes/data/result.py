@@ -56,6 +56,7 @@ class ValidationResult:
     max_errors: int | None = 100
     truncated: bool = False
     shape_hits: int = 0  # records settled by the shape cache (diagnostics; not part of the report)
+    fast_hits: int = 0  # records settled by the fast path (fastpath.py; diagnostics, not part of the report)
 
     @property
     def ok(self) -> bool:

@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 
 from ..errors import UserError
+from . import fastpath
 from .checker import Checker, make_checker
+from .fastpath import FastChunk
 from .loader import FILEEXT2TYPE, LAZY, BadRecord, RecordStream, file_type
 from .result import Problem, ValidationResult
 from .schemas import check_dataset_info_entry
@@ -83,9 +85,10 @@ class _Run:
     """Accumulates one dataset's validation over its files, then adds the dataset-level findings."""
 
     def __init__(self, spec: DatasetSpec, *, cutoff_len: int | None, max_errors: int | None,
-                 progress: bool, duplicates: bool = True, shapes: bool = True):
+                 progress: bool, duplicates: bool = True, shapes: bool = True, fast: bool = True):
         self.spec = spec
         self.checker: Checker = make_checker(spec, cutoff_len)
+        self.fast = fastpath.build(spec, self.checker, cutoff_len) if fast else None
         self.cutoff_len = cutoff_len
         self.result = ValidationResult(format=spec.label, stage=STAGE_LABEL[spec.stage], entry=spec.entry,
                                        max_errors=max_errors)
@@ -109,7 +112,13 @@ class _Run:
         res.files.append(fname)
         checker = self.checker
         stream = stream or RecordStream(path, checker.shape_mask if self.shapes else None, self.clean)
-        items = iter(stream) if records is None else records
+        if records is not None:
+            items = records
+        elif self.fast is not None and stream.kind == "json":
+            items = fastpath.json_items(stream, self.fast, seen=self.seen if self.duplicates else None,
+                                        hashes=self.hashes, missing=self.missing)
+        else:
+            items = iter(stream)
         bar = None
         if self.progress and stream.size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
             from tqdm import tqdm
@@ -127,11 +136,22 @@ class _Run:
         loads = orjson.loads
         invalid = 0
         hits = 0
+        fast_hits = 0
         index = -1
         gc_was_enabled = gc.isenabled()
         gc.disable()  # records are acyclic; collection passes only cost time on large files
         try:
-            for index, (line, rec, raw, shape) in enumerate(items):
+            for item in items:
+                if item.__class__ is FastChunk:  # records with no finding, hashes and columns noted
+                    for k, line, h in item.dups:
+                        self._dup(fname, line, index + 1 + k, h)
+                    index += item.n
+                    fast_hits += item.n
+                    if bar is not None:
+                        bar.update(stream.position - bar.n)
+                    continue
+                index += 1
+                line, rec, raw, shape = item
                 if bar is not None and index & 4095 == 0:
                     bar.update(stream.position - bar.n)
                 if shape is not None and shape in clean:
@@ -194,6 +214,7 @@ class _Run:
         res.records += index + 1
         res.invalid += invalid
         res.shape_hits += hits
+        res.fast_hits += fast_hits
 
     def _dup(self, fname: str, line: int | None, index: int, h: int) -> None:
         self.n_dups += 1
@@ -282,7 +303,8 @@ def _check_path(path: Path) -> None:
 def validate_file(path: str | os.PathLike, *, format: str | None = None, stage: str | None = None,
                   entry: dict[str, Any] | None = None, dataset_dir: str | os.PathLike | None = None,
                   cutoff_len: int | None = None, max_errors: int | None = DEFAULT_MAX_ERRORS,
-                  progress: bool = False, duplicates: bool = True, shapes: bool = True) -> ValidationResult:
+                  progress: bool = False, duplicates: bool = True, shapes: bool = True,
+                  fast: bool = True) -> ValidationResult:
     """Validate one data file. With `entry` (a dataset_info entry) the file is read through its column and tag
     mapping; otherwise through the entry `format` implies, or the one detected from the first records.
     `dataset_dir` resolves a relative `path`."""
@@ -320,7 +342,7 @@ def validate_file(path: str | os.PathLike, *, format: str | None = None, stage: 
     spec = DatasetSpec.from_entry(entry, stage)
     problems += entry_problems(spec, file=str(path))
     run = _Run(spec, cutoff_len=cutoff_len, max_errors=max_errors, progress=progress, duplicates=duplicates,
-               shapes=shapes)
+               shapes=shapes, fast=fast)
     for p in problems:
         run.result.add(p)
     if any(p.severity == "error" for p in problems) and _fatal(problems):
@@ -350,7 +372,8 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
 
 def validate_dataset(name: str, dataset_dir: str | os.PathLike, *, stage: str | None = None,
                      cutoff_len: int | None = None, max_errors: int | None = DEFAULT_MAX_ERRORS,
-                     progress: bool = False, duplicates: bool = True, shapes: bool = True) -> ValidationResult:
+                     progress: bool = False, duplicates: bool = True, shapes: bool = True,
+                     fast: bool = True) -> ValidationResult:
     """Validate the dataset `name` registered in `dataset_dir/dataset_info.json`, through its entry (column and
     tag mapping, formatting, ranking) exactly as LLaMA-Factory would load it."""
     info = read_dataset_info(dataset_dir)
@@ -374,7 +397,7 @@ def validate_dataset(name: str, dataset_dir: str | os.PathLike, *, stage: str | 
     spec = DatasetSpec.from_entry(entry, stage)
     problems += entry_problems(spec, file=info_file, name=name)
     run = _Run(spec, cutoff_len=cutoff_len, max_errors=max_errors, progress=progress, duplicates=duplicates,
-               shapes=shapes)
+               shapes=shapes, fast=fast)
     for p in problems:
         run.result.add(p)
     file_name = entry.get("file_name")
