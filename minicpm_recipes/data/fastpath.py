@@ -143,7 +143,7 @@ class FastChecker:
         import msgspec
 
         self.msgspec = msgspec
-        self.errors = (msgspec.DecodeError, msgspec.ValidationError)
+        self.errors = (msgspec.DecodeError, ValueError)  # ValidationError is a DecodeError; bad UTF-8 a ValueError
         self.one = msgspec.json.Decoder(record_type)
         self.many = msgspec.json.Decoder(list[record_type])
         self.raws = msgspec.json.Decoder(list[msgspec.Raw])
