@@ -23,10 +23,12 @@ MESSAGES_ENTRY = {"file_name": "x", "formatting": "sharegpt", "columns": {"messa
 WORDS = "alpha beta gamma 你好 世界 delta {\"messages\": x } ] [ , \\n tab\t".split(" ")
 
 
-@pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
+@pytest.fixture(autouse=True, params=["1 process", "2 workers"])
+def small_chunks(monkeypatch, request):
+    """Small chunks; the fast path inline and with 2 worker processes (what large files get)."""
     monkeypatch.setattr(fastpath, "CHUNK", 2048)
     monkeypatch.setattr(fastpath, "_MAX_BUF", 2048 << 3)
+    monkeypatch.setenv("MINICPM_VALIDATE_WORKERS", "2" if request.param == "2 workers" else "0")
 
 
 def _text(rng: random.Random) -> str:

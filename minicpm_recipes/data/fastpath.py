@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import multiprocessing
+import os
+import re
 from array import array
+from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from .loader import _OPEN_RECORD, CHUNK, LAZY, RecordStream, _ArrayReader, _utf8_ok
 from .spec import DatasetSpec
@@ -58,15 +62,16 @@ _SCALARS = {"string": str, "boolean": bool, "integer": int, "number": float, "nu
 class _Types:
     """JSON Schema (draft-07 subset) -> msgspec types. Structs remember their JSON key -> attribute names."""
 
-    def __init__(self):
+    def __init__(self, narrow: dict[tuple, Any] | None = None):
         import msgspec
 
         self.msgspec = msgspec
+        self.narrow = narrow or {}  # path -> a stricter type for a string there (e.g. the roles a fast check allows)
         self.n = 0
         self.fields: dict[type, dict[str, str]] = {}
         self.required: dict[type, set[str]] = {}
 
-    def node(self, schema: Any) -> Any:
+    def node(self, schema: Any, path: tuple = ()) -> Any:
         if not isinstance(schema, dict):
             raise Unmappable(repr(schema))
         extra = set(schema) - _IGNORED - _KNOWN
@@ -82,12 +87,14 @@ class _Types:
             raise Unmappable("array keywords without type array")
         alts = []
         for t in types:
-            if t in _SCALARS:
+            if t == "string" and path in self.narrow:
+                alts.append(self.narrow[path])
+            elif t in _SCALARS:
                 alts.append(_SCALARS[t])
             elif t == "array":
-                alts.append(self.array(schema))
+                alts.append(self.array(schema, path))
             elif t == "object":
-                alts.append(self.obj(schema))
+                alts.append(self.obj(schema, path))
             else:
                 raise Unmappable(f"type {t!r}")
         out = alts[0]
@@ -95,12 +102,12 @@ class _Types:
             out = out | a
         return out
 
-    def array(self, schema: dict) -> Any:
+    def array(self, schema: dict, path: tuple) -> Any:
         items = schema.get("items")
         if items is None:
             inner = list
         elif isinstance(items, dict):
-            inner = list[self.node(items)]
+            inner = list[self.node(items, (*path, "[]"))]
         else:
             raise Unmappable("tuple items")
         k = schema.get("minItems")
@@ -110,7 +117,7 @@ class _Types:
             inner = Annotated[inner, self.msgspec.Meta(min_length=k)]
         return inner
 
-    def obj(self, schema: dict) -> Any:
+    def obj(self, schema: dict, path: tuple) -> Any:
         msgspec = self.msgspec
         props = schema.get("properties")
         required = schema.get("required", [])
@@ -124,7 +131,7 @@ class _Types:
         for i, key in enumerate(dict.fromkeys([*props, *required])):
             attr = f"f{i}"
             names[key] = attr
-            typ = self.node(props[key]) if key in props else Any
+            typ = self.node(props[key], (*path, key)) if key in props else Any
             if key in required:
                 fields.append((attr, typ, msgspec.field(name=key)))
             else:
@@ -151,7 +158,9 @@ class FastChecker:
         self.spec = spec
         cols, tags = spec.columns, spec.tags
         top = types.fields[record_type]
-        self.column_attrs = {col: top[col] for col in top}
+        required = types.required[record_type]
+        self.optional_attrs = {col: attr for col, attr in top.items() if col not in required}
+        self.required_columns = frozenset(required)
         self.msgs_of = attrgetter(top[cols["messages"]])
         msg_type = _list_item(record_type, top[cols["messages"]])
         names = types.fields[msg_type]
@@ -211,8 +220,12 @@ def build(spec: DatasetSpec, checker, cutoff_len: int | None) -> FastChecker | N
         return None
     from . import schemas
 
+    # roles decode as one of the tags a clean record can have (others: the chunk takes the precise path); the
+    # strings are then msgspec's own Literal objects, not one new string per message
+    roles = tuple(dict.fromkeys(t for t in (tags["system_tag"], tags["user_tag"], tags["assistant_tag"],
+                                            tags["observation_tag"]) if t is not None))
     try:
-        types = _Types()
+        types = _Types({(cols["messages"], "[]", tags["role_tag"]): Literal[roles]})
         record_type = types.node(schemas.filled_schema(spec.schema_name, spec.names))
         if record_type not in types.fields or cols["messages"] not in types.required[record_type]:
             return None
@@ -224,8 +237,104 @@ def build(spec: DatasetSpec, checker, cutoff_len: int | None) -> FastChecker | N
         return None
 
 
+def check_doc(fast: FastChecker, kind: str, doc: bytes) -> tuple:
+    """Decode one chunk and test it (in a worker process or inline): ("ok", n, hashes, columns present),
+    ("reject",) when its records go one by one through the precise path, ("bad",) when an array chunk is not
+    valid JSON (the precise reader takes over from there)."""
+    errors = fast.errors
+    if kind == "lines":
+        raws = [raw for raw in doc.split(b"\n") if raw and not raw.isspace()]
+        try:
+            recs = fast.one.decode_lines(doc)
+        except errors:
+            return ("reject",)
+    else:
+        try:
+            raws = [bytes(r) for r in fast.raws.decode(doc)]
+        except errors:
+            return ("bad",)
+        try:
+            recs = fast.many.decode(doc)
+        except errors:
+            return ("reject",)
+    if len(recs) != len(raws) or not fast.clean(recs):
+        return ("reject",)
+    unset = fast.msgspec.UNSET
+    present = frozenset(col for col, attr in fast.optional_attrs.items()
+                        if any(r is not unset for r in map(attrgetter(attr), recs)))
+    lengths = array("q", map(len, raws)).tobytes() if kind == "array" else b""
+    return ("ok", len(raws), array("q", map(hash, raws)).tobytes(), present, lengths)
+
+
+_WORKER_FAST: FastChecker | None = None  # set in the parent before forking the workers
+
+
+def _work(task: tuple) -> tuple:
+    kind, path, offset, length, prefix, suffix = task
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        doc = prefix + fh.read(length) + suffix
+    return check_doc(_WORKER_FAST, kind, doc)
+
+
+PARALLEL_MIN_BYTES = 48 << 20  # smaller files: one process (starting workers costs more than it saves)
+
+
+def worker_count(size: int) -> int:
+    """Worker processes for a file of `size` bytes: the CPUs this process may use (MINICPM_VALIDATE_WORKERS
+    overrides; 0 or 1 = none), only for large files and where fork keeps hash() equal across processes."""
+    env = os.environ.get("MINICPM_VALIDATE_WORKERS")
+    if env is not None:
+        n = int(env)
+    else:
+        if size < PARALLEL_MIN_BYTES:
+            return 0
+        n = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if n < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    return n
+
+
+class _Pipeline:
+    """Chunks checked in order: inline, or by worker processes with a bounded number in flight."""
+
+    def __init__(self, fast: FastChecker, path, workers: int):
+        self.fast = fast
+        self.path = str(path)
+        self.pool = None
+        self.pending: deque = deque()
+        self.window = 2 * workers
+        if workers:
+            global _WORKER_FAST
+            _WORKER_FAST = fast
+            self.pool = multiprocessing.get_context("fork").Pool(workers)
+
+    def submit(self, span: tuple, kind: str, doc: bytes | None, offset: int, length: int, prefix: bytes,
+               suffix: bytes) -> list:
+        """Queue a chunk; returns the (span, result) pairs now ready, in order."""
+        if self.pool is None:
+            return [(span, check_doc(self.fast, kind, doc))]
+        self.pending.append((span, self.pool.apply_async(_work, ((kind, self.path, offset, length, prefix, suffix),))))
+        out = []
+        while len(self.pending) >= self.window:
+            sp, res = self.pending.popleft()
+            out.append((sp, res.get()))
+        return out
+
+    def drain(self) -> list:
+        out = [(sp, res.get()) for sp, res in self.pending]
+        self.pending.clear()
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
 class _Accept:
-    """Accept a decoded chunk into the run's state (duplicates, columns seen) or refuse it untouched."""
+    """Take an accepted chunk's hashes and columns into the run's state, or refuse it untouched."""
 
     def __init__(self, fast: FastChecker, seen: set[int] | None, hashes: array | None, missing: set[str]):
         self.fast = fast
@@ -233,66 +342,96 @@ class _Accept:
         self.hashes = hashes
         self.missing = missing
 
-    def __call__(self, recs: list, raws: list[bytes], lines_of: Callable[[], list[int]]) -> FastChunk | None:
-        """The accepted chunk, or None (nothing changed). `lines_of()` gives each raw record's line."""
-        fast = self.fast
-        if len(recs) != len(raws) or not fast.clean(recs):
+    def __call__(self, result: tuple, lines_of: Callable[[list[int], bytes], list[int]]) -> FastChunk | None:
+        """The accepted chunk, or None (nothing changed). `lines_of(indexes, lengths)` gives the lines of those
+        records of the chunk."""
+        if result[0] != "ok":
             return None
+        _, n, hash_bytes, present, lengths = result
         found = []
-        if self.missing:
-            unset = fast.msgspec.UNSET
-            for col in self.missing:
-                attr = fast.column_attrs.get(col)
-                if attr is None:
-                    return None  # not a schema property: which records hold it is unknown here
-                get = attrgetter(attr)
-                if any(get(r) is not unset for r in recs):
-                    found.append(col)
+        for col in self.missing:
+            if col not in self.fast.optional_attrs and col not in self.fast.required_columns:
+                return None  # not a schema property: which records hold it is unknown here
+            if col in present or col in self.fast.required_columns:
+                found.append(col)
         dups = []
         seen = self.seen
         if seen is not None:
-            hs = [hash(r) for r in raws]
+            hs = array("q")
+            hs.frombytes(hash_bytes)
             if len(set(hs)) == len(hs) and seen.isdisjoint(hs):
                 seen.update(hs)
             else:  # what the precise path does record by record
-                lines = lines_of()
+                ks = []
                 for k, h in enumerate(hs):
                     if h in seen:
-                        dups.append((k, lines[k], h))
+                        ks.append(k)
                     else:
                         seen.add(h)
+                dups = [(k, ln, hs[k]) for k, ln in zip(ks, lines_of(ks, lengths), strict=True)]
             self.hashes.extend(hs)
         self.missing.difference_update(found)
-        return FastChunk(len(raws), dups)
+        return FastChunk(n, dups)
 
 
 def json_items(stream: RecordStream, fast: FastChecker, *, seen: set[int] | None, hashes: array | None,
-               missing: set[str]):
+               missing: set[str], workers: int | None = None):
     """What `iter(stream)` yields for a JSON / JSON lines file, except that runs of accepted records come as one
-    FastChunk."""
+    FastChunk. Chunks are checked by `workers` processes (default: worker_count(file size))."""
     accept = _Accept(fast, seen, hashes, missing)
     with open(stream.path, "rb") as fh:
         head = fh.read(4096)
     stripped = head.lstrip()
-    if stripped.startswith(_BOM):
-        if stripped[3:].lstrip().startswith(b"["):
-            yield from stream  # a BOM before an array: rare, precise path
-            return
-    elif stripped.startswith(b"["):
-        yield from _array(stream, fast, accept)
+    if stripped.startswith(_BOM) and stripped[3:].lstrip().startswith(b"["):
+        yield from stream  # a BOM before an array: rare, precise path
         return
-    yield from _lines(stream, fast, accept)
+    pipe = _Pipeline(fast, stream.path, worker_count(stream.size) if workers is None else workers)
+    try:
+        if stripped.startswith(b"["):
+            yield from _array(stream, pipe, accept)
+        else:
+            yield from _lines(stream, pipe, accept)
+    finally:
+        pipe.close()
 
 
-def _lines(stream: RecordStream, fast: FastChecker, accept: _Accept):
+def _reread(path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(length)
+
+
+def _lines(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
     """loader.RecordStream._json_lines, chunk by chunk."""
+    path = stream.path
     mask = stream.mask
-    decode_lines = fast.one.decode_lines
-    errors = fast.errors
-    with open(stream.path, "rb") as fh:
+
+    def settle(span, result):
+        offset, length, lineno, data = span
+
+        def lines_of(ks, _lengths):
+            nonlocal data
+            data = data if data is not None else _reread(path, offset, length)
+            lines = [ln for ln, raw in enumerate(data.split(b"\n"), lineno + 1) if raw and not raw.isspace()]
+            return [lines[k] for k in ks]
+
+        done = accept(result, lines_of)
+        if done is not None:
+            yield done
+            return
+        data = data if data is not None else _reread(path, offset, length)
+        use_shapes = mask is not None and _utf8_ok(codecs.getincrementaldecoder("utf-8")(), data + b"\n")
+        ln = lineno
+        for raw in data.split(b"\n"):
+            ln += 1
+            if not raw or raw.isspace():
+                continue
+            yield ln, LAZY, raw, (mask(raw) if use_shapes else None)
+
+    with open(path, "rb") as fh:
         rest = b""
         lineno = 0
-        pos = 0
+        pos = 0  # file offset of data
         first = True
         while True:
             chunk = fh.read(CHUNK)
@@ -308,43 +447,58 @@ def _lines(stream: RecordStream, fast: FastChecker, accept: _Accept):
                 data, rest = rest, b""
                 if not data:
                     break
+            start = pos
             if first and data.startswith(_BOM):
                 data = data[3:]
+                start += 3
             first = False
-            lines = data.split(b"\n")
-            raws = [raw for raw in lines if raw and not raw.isspace()]
-            try:
-                recs = decode_lines(data)
-            except errors:
-                recs = None
-            done = None
-            if recs is not None:
-                def lines_of(lines=lines, start=lineno):
-                    return [ln for ln, raw in enumerate(lines, start + 1) if raw and not raw.isspace()]
-                done = accept(recs, raws, lines_of)
-            if done is not None:
-                yield done
-            else:
-                use_shapes = mask is not None and _utf8_ok(codecs.getincrementaldecoder("utf-8")(), data + b"\n")
-                ln = lineno
-                for raw in lines:
-                    ln += 1
-                    if not raw or raw.isspace():
-                        continue
-                    yield ln, LAZY, raw, (mask(raw) if use_shapes else None)
-            lineno += len(lines)
-            pos += len(data) + 1
+            n_lines = data.count(b"\n") + 1
+            span = (start, len(data), lineno, data if pipe.pool is None else None)
+            for sp, result in pipe.submit(span, "lines", data, start, len(data), b"", b""):
+                yield from settle(sp, result)
+            lineno += n_lines
+            pos = start + len(data) + 1
             stream.position = min(pos, stream.size)
             if not chunk:
                 break
+    for span, result in pipe.drain():
+        yield from settle(span, result)
     stream.position = stream.size
 
 
-def _array(stream: RecordStream, fast: FastChecker, accept: _Accept):
+def _array(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
     """loader._ArrayReader, chunk by chunk: cut before the last record-opening literal of ~CHUNK bytes, decode
     `[` + the records + `]`."""
-    errors = fast.errors
-    with open(stream.path, "rb") as fh:
+    path = stream.path
+    fast = pipe.fast
+
+    def settle(span, result):
+        """Yield the chunk's items; returns the (offset, line) to resume the precise reader at, if any."""
+        offset, length, line, final, doc = span
+        if result[0] == "bad":
+            return offset, line
+
+        def get_doc():
+            nonlocal doc
+            if doc is None:
+                doc = b"[" + _reread(path, offset, length) + (b"" if final else b"]")
+            return doc
+
+        def lines_of(ks, lengths):
+            sizes = array("q")
+            sizes.frombytes(lengths)
+            return _record_lines(get_doc(), sizes, line, ks)
+
+        done = accept(result, lines_of)
+        if done is not None:
+            yield done
+            return None
+        raws = [bytes(r) for r in fast.raws.decode(get_doc())]
+        yield from zip(_raw_lines(get_doc(), raws, line), itertools.repeat(LAZY), raws, itertools.repeat(None))
+        return None
+
+    resume = None
+    with open(path, "rb") as fh:
         buf = fh.read(CHUNK)
         base = 0  # file offset of buf[0]
         eof = not buf
@@ -357,7 +511,7 @@ def _array(stream: RecordStream, fast: FastChecker, accept: _Accept):
         line = 1 + buf.count(b"\n", 0, pos)
         m = _OPEN_RECORD.match(buf, pos)
         lit = m.group(0) if m else None
-        while True:
+        while resume is None:
             while not eof and len(buf) - pos < CHUNK:
                 more = fh.read(CHUNK)
                 if not more:
@@ -367,7 +521,7 @@ def _array(stream: RecordStream, fast: FastChecker, accept: _Accept):
                 base += pos
                 pos = 0
             if eof:
-                doc = b"[" + buf[pos:]
+                cut = len(buf)
                 nxt = None
             else:
                 cut = nxt = -1
@@ -392,44 +546,69 @@ def _array(stream: RecordStream, fast: FastChecker, accept: _Accept):
                             buf = buf[pos:] + more
                             base += pos
                             pos = 0
-                            continue
-                        eof = True
+                        else:
+                            eof = True
                         continue
-                    break  # no cut found: precise path from here
-                doc = b"[" + buf[pos:cut] + b"]"
-            try:
-                raws = [bytes(r) for r in fast.raws.decode(doc)]
-            except errors:
-                break  # not valid JSON (or a wrong cut): precise path from here
-            try:
-                recs = fast.many.decode(doc)
-            except errors:
-                recs = None
-            def lines_of(doc=doc, raws=raws, line=line):
-                start = off = 1
-                ln = line
-                out = []
-                for raw in raws:
-                    o = doc.find(raw, off)  # only whitespace and ',' lie between records
-                    ln += doc.count(b"\n", start, o)
-                    out.append(ln)
-                    start, off = o, o + len(raw)
-                return out
-
-            done = accept(recs, raws, lines_of) if recs is not None else None
-            if done is not None:
-                yield done
-            else:
-                yield from zip(lines_of(), itertools.repeat(LAZY), raws, itertools.repeat(None))
-            if nxt is None:
-                stream.position = stream.size
-                return
+                    resume = base + pos, line  # no cut found: precise path from here
+                    break
+            final = nxt is None
+            doc = b"[" + buf[pos:cut] + (b"" if final else b"]") if pipe.pool is None else None
+            span = (base + pos, cut - pos, line, final, doc)
+            for sp, result in pipe.submit(span, "array", doc, base + pos, cut - pos, b"[", b"" if final else b"]"):
+                resume = yield from settle(sp, result)
+                if resume is not None:
+                    break
+            if final or resume is not None:
+                break
             line += buf.count(b"\n", pos, nxt)
             pos = nxt
             stream.position = base + pos
-        fh.seek(base + pos)
-        reader = _ArrayReader(fh, stream.mask, stream.clean)
-        for item in reader.resume(line):
-            stream.position = reader.consumed
-            yield item
+        if resume is None:
+            for sp, result in pipe.drain():
+                resume = yield from settle(sp, result)
+                if resume is not None:
+                    break
+        if resume is not None:
+            pipe.close()
+            fh.seek(resume[0])
+            reader = _ArrayReader(fh, stream.mask, stream.clean)
+            for item in reader.resume(resume[1]):
+                stream.position = reader.consumed
+                yield item
     stream.position = stream.size
+
+
+def _record_lines(doc: bytes, sizes: array, line: int, ks: list[int]) -> list[int]:
+    """The lines of records `ks` (ascending) of `doc` (`[` + records), given every record's size in bytes."""
+    out = []
+    off = 1  # end of the previous record
+    counted = 1  # newlines before this offset are in `line`
+    want = iter(ks)
+    k_next = next(want, None)
+    sep = _SEP.match
+    for k, size in enumerate(sizes):
+        if k_next is None:
+            break
+        o = sep(doc, off).end()
+        if k == k_next:
+            line += doc.count(b"\n", counted, o)
+            counted = o
+            out.append(line)
+            k_next = next(want, None)
+        off = o + size
+    return out
+
+
+_SEP = re.compile(rb"[ \t\r\n,]*")
+
+
+def _raw_lines(doc: bytes, raws: list[bytes], line: int) -> list[int]:
+    """The line of each raw record in `doc` (`[` + records), the first record being on `line`."""
+    start = off = 1
+    out = []
+    for raw in raws:
+        o = doc.find(raw, off)  # only whitespace and ',' lie between records
+        line += doc.count(b"\n", start, o)
+        out.append(line)
+        start, off = o, o + len(raw)
+    return out
