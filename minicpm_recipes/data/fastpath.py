@@ -269,6 +269,42 @@ def check_doc(fast: FastChecker, kind: str, doc: bytes) -> tuple:
 _WORKER_FAST: FastChecker | None = None  # set in the parent before forking the workers
 
 
+def _lines_block(path: str, k: int, size: int, chunk: int) -> tuple:
+    """Worker: the k-th block of a JSON lines file, the lines that start in [k*chunk, (k+1)*chunk): (offset, length
+    of its data without the last newline, number of lines, check_doc's result), or None for a block in which no
+    line starts."""
+    with open(path, "rb") as fh:
+
+        def line_start(at: int) -> int:  # the first line start at or after `at` (> 0)
+            fh.seek(at - 1)
+            skipped = at - 1
+            while True:
+                piece = fh.read(1 << 16)
+                if not piece:
+                    return size
+                nl = piece.find(b"\n")
+                if nl != -1:
+                    return skipped + nl + 1
+                skipped += len(piece)
+
+        start = 0 if k == 0 else line_start(k * chunk)
+        end = size if (k + 1) * chunk >= size else line_start((k + 1) * chunk)
+        if start >= end:
+            return None
+        fh.seek(start)
+        data = fh.read(end - start)
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    if k == 0 and data.startswith(_BOM):
+        data = data[3:]
+        start += 3
+    return start, len(data), data.count(b"\n") + 1, check_doc(_WORKER_FAST, "lines", data)
+
+
+def _work_lines(task: tuple) -> tuple | None:
+    return _lines_block(*task)
+
+
 def _work(task: tuple) -> tuple:
     kind, path, offset, length, prefix, suffix = task
     with open(path, "rb") as fh:
@@ -315,6 +351,15 @@ class _Pipeline:
         if self.pool is None:
             return [(span, check_doc(self.fast, kind, doc))]
         self.pending.append((span, self.pool.apply_async(_work, ((kind, self.path, offset, length, prefix, suffix),))))
+        out = []
+        while len(self.pending) >= self.window:
+            sp, res = self.pending.popleft()
+            out.append((sp, res.get()))
+        return out
+
+    def submit_task(self, span, fn, task) -> list:
+        """Queue `fn(task)` for a worker; returns the (span, result) pairs now ready, in order."""
+        self.pending.append((span, self.pool.apply_async(fn, (task,))))
         out = []
         while len(self.pending) >= self.window:
             sp, res = self.pending.popleft()
@@ -389,6 +434,8 @@ def json_items(stream: RecordStream, fast: FastChecker, *, seen: set[int] | None
     try:
         if stripped.startswith(b"["):
             yield from _array(stream, pipe, accept)
+        elif pipe.pool is not None:
+            yield from _lines_parallel(stream, pipe, accept)
         else:
             yield from _lines(stream, pipe, accept)
     finally:
@@ -401,33 +448,58 @@ def _reread(path, offset: int, length: int) -> bytes:
         return fh.read(length)
 
 
-def _lines(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
-    """loader.RecordStream._json_lines, chunk by chunk."""
-    path = stream.path
-    mask = stream.mask
+def _lines_settle(stream: RecordStream, accept: _Accept, span: tuple, result: tuple):
+    """Items of one block of JSON lines: a FastChunk, or its lines for the precise path."""
+    offset, length, lineno, data, n_lines = span
+    path, mask = stream.path, stream.mask
 
-    def settle(span, result):
-        offset, length, lineno, data = span
-
-        def lines_of(ks, _lengths):
-            nonlocal data
-            data = data if data is not None else _reread(path, offset, length)
-            lines = [ln for ln, raw in enumerate(data.split(b"\n"), lineno + 1) if raw and not raw.isspace()]
-            return [lines[k] for k in ks]
-
-        done = accept(result, lines_of)
-        if done is not None:
-            yield done
-            return
+    def lines_of(ks, _lengths):
+        nonlocal data
+        if n_lines == result[1]:  # no blank line: record k is on line k
+            return [lineno + 1 + k for k in ks]
         data = data if data is not None else _reread(path, offset, length)
-        use_shapes = mask is not None and _utf8_ok(codecs.getincrementaldecoder("utf-8")(), data + b"\n")
-        ln = lineno
-        for raw in data.split(b"\n"):
-            ln += 1
-            if not raw or raw.isspace():
-                continue
-            yield ln, LAZY, raw, (mask(raw) if use_shapes else None)
+        lines = [ln for ln, raw in enumerate(data.split(b"\n"), lineno + 1) if raw and not raw.isspace()]
+        return [lines[k] for k in ks]
 
+    done = accept(result, lines_of)
+    if done is not None:
+        yield done
+        return
+    data = data if data is not None else _reread(path, offset, length)
+    use_shapes = mask is not None and _utf8_ok(codecs.getincrementaldecoder("utf-8")(), data + b"\n")
+    ln = lineno
+    for raw in data.split(b"\n"):
+        ln += 1
+        if not raw or raw.isspace():
+            continue
+        yield ln, LAZY, raw, (mask(raw) if use_shapes else None)
+
+
+def _lines_parallel(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
+    """JSON lines with worker processes: each reads and checks its own block of the file (the lines starting in
+    a CHUNK-sized byte range), so this process reads nothing but what the precise path needs."""
+    size = stream.size
+    lineno = 0
+
+    def settle(ready):
+        nonlocal lineno
+        for _, out in ready:
+            if out is None:
+                continue
+            offset, length, n_lines, result = out
+            yield from _lines_settle(stream, accept, (offset, length, lineno, None, n_lines), result)
+            lineno += n_lines
+            stream.position = min(offset + length + 1, size)
+
+    for k in range((size + CHUNK - 1) // CHUNK):
+        yield from settle(pipe.submit_task(k, _work_lines, (str(stream.path), k, size, CHUNK)))
+    yield from settle(pipe.drain())
+    stream.position = size
+
+
+def _lines(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
+    """loader.RecordStream._json_lines, chunk by chunk, checked inline."""
+    path = stream.path
     with open(path, "rb") as fh:
         rest = b""
         lineno = 0
@@ -453,16 +525,14 @@ def _lines(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
                 start += 3
             first = False
             n_lines = data.count(b"\n") + 1
-            span = (start, len(data), lineno, data if pipe.pool is None else None)
+            span = (start, len(data), lineno, data, n_lines)
             for sp, result in pipe.submit(span, "lines", data, start, len(data), b"", b""):
-                yield from settle(sp, result)
+                yield from _lines_settle(stream, accept, sp, result)
             lineno += n_lines
             pos = start + len(data) + 1
             stream.position = min(pos, stream.size)
             if not chunk:
                 break
-    for span, result in pipe.drain():
-        yield from settle(span, result)
     stream.position = stream.size
 
 
