@@ -103,7 +103,7 @@ def _dump(records, kind: str, rng: random.Random) -> bytes:
 
 
 def _byte_mutation(rng: random.Random, data: bytes) -> bytes:
-    c = rng.randrange(10)
+    c = rng.randrange(11)
     i = rng.randrange(len(data)) if data else 0
     if c == 0:
         return data[:i]  # truncated
@@ -123,6 +123,8 @@ def _byte_mutation(rng: random.Random, data: bytes) -> bytes:
         return data.replace(b"},", b"} ,", 1)
     if c == 8:
         return data.replace(b"gamma", b"\x00", 1)
+    if c == 9:  # two values on one line and a blank line: as many values as non-blank... lines
+        return data.replace(b"\n", b" ", 1) + b"\n\n \n"
     return data
 
 
@@ -232,3 +234,16 @@ def test_fast_path_exists_only_for_schemas_it_can_map():
         fastpath._Types().node({"type": "string", "enum": ["a"]})
     with pytest.raises(fastpath.Unmappable):
         fastpath._Types().node({"anyOf": [{"type": "string"}]})
+
+
+def test_lost_workers_are_given_up_and_the_result_stays_the_same(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINICPM_VALIDATE_WORKERS", "2")
+    monkeypatch.setattr(fastpath, "WORKER_TIMEOUT", 1e-9)  # no worker answers in time: chunks checked here
+    rng = random.Random("timeout")
+    for kind in KINDS:
+        records = [_messages_record(rng) for _ in range(200)]
+        records[50] = _mutate_record(rng, records[50], "messages", "role", "content")
+        path = tmp_path / f"t.{'jsonl' if kind == 'jsonl' else 'json'}"
+        path.write_bytes(_dump(records + records[:5], kind, rng))
+        fast, _ = _same(path)
+        assert fast.fast_hits > 100

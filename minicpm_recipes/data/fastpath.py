@@ -257,7 +257,7 @@ def check_doc(fast: FastChecker, kind: str, doc: bytes) -> tuple:
             recs = fast.many.decode(doc)
         except errors:
             return ("reject",)
-    if len(recs) != len(raws) or not fast.clean(recs):
+    if len(recs) != len(raws) or not fast.clean(recs):  # decode_lines reads `{} {}` as two records
         return ("reject",)
     unset = fast.msgspec.UNSET
     present = frozenset(col for col, attr in fast.optional_attrs.items()
@@ -313,6 +313,7 @@ def _work(task: tuple) -> tuple:
     return check_doc(_WORKER_FAST, kind, doc)
 
 
+WORKER_TIMEOUT = 120.0  # seconds for one chunk before the workers are given up (the chunk is checked here)
 PARALLEL_MIN_BYTES = 48 << 20  # smaller files: one process (starting workers costs more than it saves)
 
 
@@ -348,27 +349,36 @@ class _Pipeline:
     def submit(self, span: tuple, kind: str, doc: bytes | None, offset: int, length: int, prefix: bytes,
                suffix: bytes) -> list:
         """Queue a chunk; returns the (span, result) pairs now ready, in order."""
-        if self.pool is None:
+        if self.pool is None and not self.pending:
+            if doc is None:
+                doc = prefix + _reread(self.path, offset, length) + suffix
             return [(span, check_doc(self.fast, kind, doc))]
-        self.pending.append((span, self.pool.apply_async(_work, ((kind, self.path, offset, length, prefix, suffix),))))
-        out = []
-        while len(self.pending) >= self.window:
-            sp, res = self.pending.popleft()
-            out.append((sp, res.get()))
-        return out
+        return self.submit_task(span, _work, (kind, self.path, offset, length, prefix, suffix))
 
     def submit_task(self, span, fn, task) -> list:
-        """Queue `fn(task)` for a worker; returns the (span, result) pairs now ready, in order."""
-        self.pending.append((span, self.pool.apply_async(fn, (task,))))
+        """Queue `fn(task)` (a worker's job); returns the (span, result) pairs now ready, in order."""
+        if self.pool is None:  # no workers (any more): in order after those still pending
+            self.pending.append((span, fn, task, None))
+            return self.drain()
+        self.pending.append((span, fn, task, self.pool.apply_async(fn, (task,))))
         out = []
         while len(self.pending) >= self.window:
-            sp, res = self.pending.popleft()
-            out.append((sp, res.get()))
+            out.append(self._next())
         return out
 
+    def _next(self) -> tuple:
+        span, fn, task, res = self.pending.popleft()
+        if self.pool is not None and res is not None:
+            try:
+                return span, res.get(WORKER_TIMEOUT)
+            except multiprocessing.TimeoutError:  # a worker lost (killed, stuck): go on without workers
+                self.close()
+        return span, fn(task)
+
     def drain(self) -> list:
-        out = [(sp, res.get()) for sp, res in self.pending]
-        self.pending.clear()
+        out = []
+        while self.pending:
+            out.append(self._next())
         return out
 
     def close(self) -> None:
@@ -404,8 +414,11 @@ class _Accept:
         if seen is not None:
             hs = array("q")
             hs.frombytes(hash_bytes)
-            if len(set(hs)) == len(hs) and seen.isdisjoint(hs):
-                seen.update(hs)
+            unique = set(hs)
+            if len(unique) == len(hs):  # duplicates only of earlier chunks' records
+                common = seen.intersection(unique)
+                seen.update(unique)
+                ks = [k for k, h in enumerate(hs) if h in common] if common else []
             else:  # what the precise path does record by record
                 ks = []
                 for k, h in enumerate(hs):
@@ -413,6 +426,7 @@ class _Accept:
                         ks.append(k)
                     else:
                         seen.add(h)
+            if ks:
                 dups = [(k, ln, hs[k]) for k, ln in zip(ks, lines_of(ks, lengths), strict=True)]
             self.hashes.extend(hs)
         self.missing.difference_update(found)
