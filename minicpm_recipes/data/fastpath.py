@@ -16,6 +16,10 @@ module only *accepts* chunks of records that certainly have no finding, and hand
 
 Only sharegpt-formatted (role/content messages) sft data without a tools column or a cutoff_len estimate uses it
 (the bulk of MiniCPM fine-tuning data); other layouts and stages go through the precise path unchanged.
+
+Large files (PARALLEL_MIN_BYTES) are checked by forked worker processes, one chunk each, merged in file order
+(fork keeps `hash()` equal in every process; MINICPM_VALIDATE_WORKERS sets their number, 0 = none). A worker that
+does not answer within WORKER_TIMEOUT is given up and the remaining chunks are checked in this process.
 """
 
 from __future__ import annotations
