@@ -193,8 +193,7 @@ class FastChecker:
                 v = verdicts[key] = self.verdict(key)
             if not v:
                 return False
-            cs = list(map(content_of, ms))
-            if not all(cs) or any(map(isspace, cs)):
+            if any(map(isspace, map(content_of, ms))):  # empty contents do not decode (min_length=1)
                 return False
         return True
 
@@ -219,7 +218,7 @@ def build(spec: DatasetSpec, checker, cutoff_len: int | None) -> FastChecker | N
             or not tags.get("content_tag")):
         return None
     try:
-        import msgspec  # noqa: F401
+        import msgspec
     except ImportError:
         return None
     from . import schemas
@@ -229,7 +228,9 @@ def build(spec: DatasetSpec, checker, cutoff_len: int | None) -> FastChecker | N
     roles = tuple(dict.fromkeys(t for t in (tags["system_tag"], tags["user_tag"], tags["assistant_tag"],
                                             tags["observation_tag"]) if t is not None))
     try:
-        types = _Types({(cols["messages"], "[]", tags["role_tag"]): Literal[roles]})
+        # contents decode only when non-empty (an empty one: the chunk takes the precise path)
+        types = _Types({(cols["messages"], "[]", tags["role_tag"]): Literal[roles],
+                        (cols["messages"], "[]", tags["content_tag"]): Annotated[str, msgspec.Meta(min_length=1)]})
         record_type = types.node(schemas.filled_schema(spec.schema_name, spec.names))
         if record_type not in types.fields or cols["messages"] not in types.required[record_type]:
             return None
