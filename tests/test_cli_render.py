@@ -16,7 +16,7 @@ def test_render_dpo_alone_writes_a_usable_config(tmp_path):
     proc = run_cli("render", "dpo", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     written = tmp_path / "configs" / "minicpm-sala_lora_dpo.yaml"
-    assert f"wrote configs/minicpm-sala_lora_dpo.yaml" in proc.stdout
+    assert "wrote configs/minicpm-sala_lora_dpo.yaml" in proc.stdout
     assert "llamafactory-cli train configs/minicpm-sala_lora_dpo.yaml" in proc.stdout
     doc = yaml.safe_load(written.read_text(encoding="utf-8"))
     assert doc["stage"] == "dpo" and doc["template"] == "cpm4"

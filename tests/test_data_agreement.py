@@ -17,8 +17,8 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import LF_DATA, MINICPM_DATA
 
+from conftest import LF_DATA, MINICPM_DATA
 from minicpm_recipes.data.validate import validate_file
 
 pytestmark = pytest.mark.slow

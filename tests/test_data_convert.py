@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import LF_DATA, MINICPM_DATA, run_cli
 
+from conftest import LF_DATA, MINICPM_DATA, run_cli
 from minicpm_recipes.data import convert as cv
 from minicpm_recipes.errors import UserError
 

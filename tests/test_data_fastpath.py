@@ -27,6 +27,7 @@ WORDS = "alpha beta gamma 你好 世界 delta {\"messages\": x } ] [ , \\n tab\t
 def small_chunks(monkeypatch, request):
     """Small chunks; the fast path inline and with 2 worker processes (what large files get)."""
     monkeypatch.setattr(fastpath, "CHUNK", 2048)
+    monkeypatch.setattr(fastpath, "LINES_BLOCK", 2048)
     monkeypatch.setattr(fastpath, "_MAX_BUF", 2048 << 3)
     monkeypatch.setenv("MINICPM_VALIDATE_WORKERS", "2" if request.param == "2 workers" else "0")
 

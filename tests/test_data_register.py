@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LF_DATA, MINICPM_DATA, run_cli
 
+from conftest import LF_DATA, MINICPM_DATA, run_cli
 from minicpm_recipes.data import registry
 from minicpm_recipes.data.registry import plan_registration, register_entry, scan_top_level, splice_entry
 from minicpm_recipes.errors import UserError

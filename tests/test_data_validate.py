@@ -12,8 +12,8 @@ from pathlib import Path
 import fastjsonschema
 import jsonschema
 import pytest
-from conftest import LF_DATA, MINICPM_DATA, REPO, run_cli
 
+from conftest import LF_DATA, MINICPM_DATA, REPO, run_cli
 from minicpm_recipes.data import schemas
 from minicpm_recipes.data.loader import LAZY, BadRecord, RecordStream
 from minicpm_recipes.data.schemas import check_dataset_info_entry, fill_schema, load_schema

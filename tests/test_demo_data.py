@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import LF_DATA, MINICPM_DATA, REPO, run_cli
 
 DEMO = REPO / "datasets" / "demo"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LF_DATA, run_cli
 
+from conftest import LF_DATA, run_cli
 from minicpm_recipes.cli import main
 from minicpm_recipes.errors import UserError
 from minicpm_recipes.install import (

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
 
+from conftest import run_cli
 from minicpm_recipes.lfcheck import free_port
 
 pytestmark = pytest.mark.slow

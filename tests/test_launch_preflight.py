@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import LF_DATA, run_cli
 
+from conftest import LF_DATA, run_cli
 from minicpm_recipes.errors import UserError
 from minicpm_recipes.launch import preflight
 from minicpm_recipes.launch.preflight import (

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")

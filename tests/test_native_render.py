@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MINICPM_DATA, REPO
 
+from conftest import MINICPM_DATA, REPO
 from minicpm_recipes.cli import main
 from minicpm_recipes.native.render import TrainerRenderOptions, finetune_parser, render_trainer
 from minicpm_recipes.render import RenderOptions, render

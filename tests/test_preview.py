@@ -6,8 +6,8 @@ import json
 import statistics
 
 import pytest
-from conftest import REPO, run_cli
 
+from conftest import REPO, run_cli
 from minicpm_recipes.errors import UserError
 from minicpm_recipes.preview import (
     IGNORE_INDEX,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_cli
 
+from conftest import REPO, run_cli
 from minicpm_recipes.errors import UserError
 from minicpm_recipes.inference import export_params, infer_params, render_export
 from minicpm_recipes.serve import check_bind, is_loopback, read_api_key, server_env

@@ -32,6 +32,8 @@ import re
 from array import array
 from collections import deque
 from collections.abc import Callable
+from functools import partial
+from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
@@ -41,6 +43,9 @@ from .spec import DatasetSpec
 _BOM = b"\xef\xbb\xbf"
 _WS = b" \t\r\n"
 _MAX_BUF = CHUNK << 3  # a record longer than this: precise path
+# the byte range of one worker's JSON lines block: small enough that its decoded records stay in the CPU caches
+# and the two workers finish together (2 MB measured ~20% faster than 8 MB on 200 MB of JSON lines, 2 CPUs)
+LINES_BLOCK = 2 << 20
 
 
 class Unmappable(Exception):
@@ -183,19 +188,17 @@ class FastChecker:
         return not self.rules(record)
 
     def clean(self, recs: list) -> bool:
-        verdicts, msgs_of, role_of, content_of = self.verdicts, self.msgs_of, self.role_of, self.content_of
-        isspace = str.isspace
-        for r in recs:
-            ms = msgs_of(r)
-            key = tuple(map(role_of, ms))
+        """No record of the chunk has a finding: every distinct role sequence passes the rules, and no content
+        is whitespace only (empty contents do not decode: min_length=1). Set- and map-wise, in C loops."""
+        verdicts, msgs_of, role_of = self.verdicts, self.msgs_of, self.role_of
+        all_msgs = list(map(msgs_of, recs))
+        for key in set(map(tuple, map(partial(map, role_of), all_msgs))):
             v = verdicts.get(key)
             if v is None:
                 v = verdicts[key] = self.verdict(key)
             if not v:
                 return False
-            if any(map(isspace, map(content_of, ms))):  # empty contents do not decode (min_length=1)
-                return False
-        return True
+        return not any(map(str.isspace, map(self.content_of, chain.from_iterable(all_msgs))))
 
 
 def _list_item(struct: type, attr: str) -> type:
@@ -248,11 +251,13 @@ def check_doc(fast: FastChecker, kind: str, doc: bytes) -> tuple:
     valid JSON (the precise reader takes over from there)."""
     errors = fast.errors
     if kind == "lines":
-        raws = [raw for raw in doc.split(b"\n") if raw and not raw.isspace()]
         try:
             recs = fast.one.decode_lines(doc)
         except errors:
             return ("reject",)
+        raws = doc.split(b"\n")
+        if not all(raws) or any(map(bytes.isspace, raws)):  # blank lines: decode_lines skips them
+            raws = [raw for raw in raws if raw and not raw.isspace()]
     else:
         try:
             raws = [bytes(r) for r in fast.raws.decode(doc)]
@@ -419,11 +424,17 @@ class _Accept:
         if seen is not None:
             hs = array("q")
             hs.frombytes(hash_bytes)
-            unique = set(hs)
-            if len(unique) == len(hs):  # duplicates only of earlier chunks' records
-                common = seen.intersection(unique)
-                seen.update(unique)
-                ks = [k for k, h in enumerate(hs) if h in common] if common else []
+            if seen.isdisjoint(hs):  # no duplicate of an earlier chunk's record
+                before = len(seen)
+                seen.update(hs)
+                ks = []
+                if len(seen) - before != len(hs):  # duplicates within this chunk
+                    mine: set[int] = set()
+                    for k, h in enumerate(hs):
+                        if h in mine:
+                            ks.append(k)
+                        else:
+                            mine.add(h)
             else:  # what the precise path does record by record
                 ks = []
                 for k, h in enumerate(hs):
@@ -496,7 +507,7 @@ def _lines_settle(stream: RecordStream, accept: _Accept, span: tuple, result: tu
 
 def _lines_parallel(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
     """JSON lines with worker processes: each reads and checks its own block of the file (the lines starting in
-    a CHUNK-sized byte range), so this process reads nothing but what the precise path needs."""
+    a LINES_BLOCK-sized byte range), so this process reads nothing but what the precise path needs."""
     size = stream.size
     lineno = 0
 
@@ -510,8 +521,8 @@ def _lines_parallel(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
             lineno += n_lines
             stream.position = min(offset + length + 1, size)
 
-    for k in range((size + CHUNK - 1) // CHUNK):
-        yield from settle(pipe.submit_task(k, _work_lines, (str(stream.path), k, size, CHUNK)))
+    for k in range((size + LINES_BLOCK - 1) // LINES_BLOCK):
+        yield from settle(pipe.submit_task(k, _work_lines, (str(stream.path), k, size, LINES_BLOCK)))
     yield from settle(pipe.drain())
     stream.position = size
 
