@@ -236,7 +236,6 @@ def run_preview(config_path: str | Path, *, max_samples: int | None = None, stat
     raw = load_config(config_path)
     config = preview_config(raw, max_samples=max_samples)
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
-    os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
     with _quiet():
         from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
         from llamafactory.hparams import get_train_args

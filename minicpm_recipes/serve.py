@@ -57,7 +57,6 @@ def server_env(base: dict[str, str], host: str, port: int, api_key: str | None,
         env.pop("API_KEY", None)
     if model_name:
         env["API_MODEL_NAME"] = model_name
-    env.setdefault("DISABLE_VERSION_CHECK", "1")
     return env
 
 

@@ -269,3 +269,36 @@ def test_lfcheck_refuses_a_template_the_installed_llamafactory_lacks(tmp_path, t
         lfcheck.check_files([("train", path)])
     assert not bad[0].ok and "no_such_template" in bad[0].error and "does not exist" in bad[0].error
     assert good[0].ok, good[0].error
+
+
+# ---- keys LLaMA-Factory's parser does not use -------------------------------------------------------------
+
+LF_RANGE = "!=4.52.0,!=4.57.0,<=5.6.0,>=4.55.0"
+UNUSED = "ValueError: Some keys are not used by the HfArgumentParser: ['warmup_ratio']"
+
+
+def test_unused_warmup_ratio_with_an_unsupported_transformers_names_the_version_and_both_fixes():
+    hint = preflight.unused_keys_hint(UNUSED, preflight.Versions("0.9.5", "5.17.0", LF_RANGE, True))
+    assert "transformers 5.17.0 is outside the range LLaMA-Factory 0.9.5 supports" in hint
+    assert "DISABLE_VERSION_CHECK=1 hides" in hint
+    assert f"pip install 'transformers{LF_RANGE}'" in hint
+    assert "replace warmup_ratio with warmup_steps: 0.1" in hint
+
+
+def test_unused_keys_inside_the_supported_range_are_called_typos():
+    versions = preflight.Versions("0.9.5", "5.6.0", LF_RANGE, False)
+    hint = preflight.unused_keys_hint("ValueError: Some keys are not used by the HfArgumentParser: ['lerning_rate']",
+                                      versions)
+    assert "lerning_rate: not an argument of LLaMA-Factory 0.9.5" in hint and "outside" not in hint
+    assert preflight.unused_keys_hint("ValueError: cutoff_len must be positive", versions) == ""
+
+
+def test_installed_versions_reads_llamafactorys_transformers_requirement():
+    from importlib import metadata
+
+    pytest.importorskip("llamafactory")
+    v = preflight.installed_versions({"DISABLE_VERSION_CHECK": "1"})
+    assert v.version_check_disabled and v.llamafactory == metadata.version("llamafactory")
+    assert v.transformers == metadata.version("transformers")
+    assert v.transformers_supported and "<=" in v.transformers_supported
+    assert not preflight.installed_versions({}).version_check_disabled

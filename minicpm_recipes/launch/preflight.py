@@ -410,8 +410,77 @@ def lf_parser_problems(config_path: str | Path, overrides: Mapping[str, Any], *,
         if not r.ok:
             what = {"train": "LLaMA-Factory rejects", "deepspeed": "DeepSpeed rejects",
                     "accelerate": "accelerate rejects"}.get(r.kind, "rejects")
-            problems.append(Problem(f"{what} {r.path}: {_one_line(r.error or '')}"))
+            hint = unused_keys_hint(r.error or "", installed_versions()) if r.kind == "train" else ""
+            problems.append(Problem(f"{what} {r.path}: {_one_line(r.error or '')}{hint}"))
     return problems
+
+
+UNUSED_KEYS_RE = re.compile(r"Some keys are not used by the HfArgumentParser: \[([^\]]*)\]")
+# training arguments later transformers releases removed, and what replaces them
+REMOVED_ARGUMENTS = {"warmup_ratio": "warmup_steps: 0.1 (in transformers 5 a float below 1 is a ratio)"}
+
+
+@dataclass(frozen=True)
+class Versions:
+    llamafactory: str | None
+    transformers: str | None
+    transformers_supported: str | None  # the transformers requirement of the installed LLaMA-Factory
+    version_check_disabled: bool
+
+
+def installed_versions(env: Mapping[str, str] | None = None) -> Versions:
+    """The installed LLaMA-Factory and transformers, and the transformers range LLaMA-Factory declares."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    supported = None
+    try:
+        for req in metadata.requires("llamafactory") or ():
+            name, spec = re.match(r"\s*([A-Za-z0-9_.-]+)\s*([^;]*)", req).groups()
+            if name.lower() == "transformers" and ";" not in req:
+                supported = spec.strip() or None
+    except metadata.PackageNotFoundError:
+        pass
+    env = os.environ if env is None else env
+    return Versions(version("llamafactory"), version("transformers"), supported,
+                    env.get("DISABLE_VERSION_CHECK", "0").lower() in TRUE_STRINGS)
+
+
+def unused_keys_hint(error: str, versions: Versions) -> str:
+    """Why LLaMA-Factory's parser found keys it does not use, and how to fix it ('' for other errors).
+
+    Keys an installed transformers outside LLaMA-Factory's range no longer has (warmup_ratio after 5.6) are
+    the usual cause: LLaMA-Factory's own version check stops that unless DISABLE_VERSION_CHECK=1 hides it."""
+    match = UNUSED_KEYS_RE.search(error)
+    if not match:
+        return ""
+    keys = re.findall(r"'([^']+)'", match.group(1))
+    outside = False
+    if versions.transformers and versions.transformers_supported:
+        try:
+            from packaging.specifiers import SpecifierSet
+
+            outside = versions.transformers not in SpecifierSet(versions.transformers_supported)
+        except Exception:  # noqa: BLE001 - an unparsable requirement: no verdict
+            outside = False
+    replaced = [f"{k} with {REMOVED_ARGUMENTS[k]}" for k in keys if k in REMOVED_ARGUMENTS]
+    if outside:
+        hidden = " (DISABLE_VERSION_CHECK=1 hides LLaMA-Factory's own check)" if versions.version_check_disabled else ""
+        text = (f" -- transformers {versions.transformers} is outside the range LLaMA-Factory {versions.llamafactory} "
+                f"supports (transformers{versions.transformers_supported}){hidden} and no longer has "
+                f"{', '.join(keys)}; install a supported one: pip install 'transformers{versions.transformers_supported}'")
+        if replaced:
+            text += f", or replace {'; '.join(replaced)}"
+        return text
+    if replaced:
+        return f" -- the installed transformers {versions.transformers} has no {', '.join(keys)}: replace {'; '.join(replaced)}"
+    return (f" -- {', '.join(keys)}: not an argument of LLaMA-Factory {versions.llamafactory} with transformers "
+            f"{versions.transformers}; remove it or fix its spelling (`llamafactory-cli train -h` lists them)")
 
 
 def _one_line(text: str, limit: int = 400) -> str:
