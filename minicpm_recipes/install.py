@@ -458,7 +458,7 @@ def apply_install(plan: InstallPlan) -> InstallResult:
     (writing nothing) unless the plan was made with force."""
     if plan.conflicts and not plan.force:
         raise UserError(conflict_message(plan))
-    from .data.registry import register_entry
+    from .data.registry import register_entries
 
     created: list[str] = []
     updated: list[str] = []
@@ -486,14 +486,12 @@ def apply_install(plan: InstallPlan) -> InstallResult:
     manifest = [f for f in plan.files if f.role == "manifest"]
     for f in data_files:
         write(f)
-    outcomes = []
-    for d in plan.datasets:
-        if d.outcome == "unchanged":  # already there: do not even take the registry's lock
-            outcomes.append(d)
-            continue
-        outcome = register_entry(plan.root / DATASET_INFO, d.name, d.entry, force=plan.force, validate=True,
-                                 dataset_dir=plan.root / DATA_DIR)
-        outcomes.append(DatasetAction(d.name, d.entry, outcome.action))
+    # every entry in one locked write, so that dataset_info.json.bak is the file as it was before the install
+    changing = [d for d in plan.datasets if d.outcome != "unchanged"]  # the others: not even the registry's lock
+    done = {o.name: o.action for o in register_entries(plan.root / DATASET_INFO, [(d.name, d.entry) for d in changing],
+                                                       force=plan.force, validate=True,
+                                                       dataset_dir=plan.root / DATA_DIR)} if changing else {}
+    outcomes = [DatasetAction(d.name, d.entry, done[d.name]) if d.name in done else d for d in plan.datasets]
     for f in other_files + manifest:
         write(f)
     return InstallResult(tuple(created), tuple(updated), tuple(unchanged), tuple(backups), tuple(outcomes))

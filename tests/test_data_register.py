@@ -376,3 +376,34 @@ def test_dataset_info_symlink_is_edited_through(tmp_path):
     entry = dict(MSG_ENTRY, file_name="only_here.json")
     assert register_entry(link_dir / "dataset_info.json", "here", entry, validate=False).action == "added"
     assert (link_dir / "dataset_info.json").is_symlink()
+
+
+# ----------------------------------------------------------------------------------------- several at once
+
+
+def test_register_entries_writes_once_and_backs_up_the_file_as_it_was(lf_dir):
+    from minicpm_recipes.data.registry import register_entries
+
+    info = lf_dir / "dataset_info.json"
+    old = info.read_text(encoding="utf-8")
+    shutil.copy(lf_dir / "adgen.json", lf_dir / "adgen_dev.json")
+    dev = dict(MSG_ENTRY, file_name="adgen_dev.json")
+    outcomes = register_entries(info, [("adgen", MSG_ENTRY), ("adgen_dev", dev)])
+    assert [(o.name, o.action) for o in outcomes] == [("adgen", "added"), ("adgen_dev", "added")]
+    assert (lf_dir / "dataset_info.json.bak").read_text(encoding="utf-8") == old
+    parsed = json.loads(info.read_text(encoding="utf-8"))
+    assert list(parsed)[-2:] == ["adgen", "adgen_dev"] and parsed["adgen_dev"] == dev
+    again = register_entries(info, [("adgen", MSG_ENTRY), ("adgen_dev", dev)])
+    assert [o.action for o in again] == ["unchanged", "unchanged"]
+
+
+def test_register_entries_is_all_or_nothing(lf_dir):
+    from minicpm_recipes.data.registry import register_entries
+
+    info = lf_dir / "dataset_info.json"
+    old = info.read_bytes()
+    with pytest.raises(UserError, match="alpaca_zh_demo.*already registered"):  # the second one conflicts
+        register_entries(info, [("adgen", MSG_ENTRY), ("alpaca_zh_demo", MSG_ENTRY)])
+    with pytest.raises(UserError, match="given more than once"):
+        register_entries(info, [("adgen", MSG_ENTRY), ("adgen", MSG_ENTRY)])
+    assert info.read_bytes() == old and not (lf_dir / "dataset_info.json.bak").exists()

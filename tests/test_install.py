@@ -127,6 +127,8 @@ def test_install_writes_recipes_and_data_and_keeps_every_llamafactory_entry(chec
     original = (LF_DATA / "dataset_info.json").read_text(encoding="utf-8")
     merged = (checkout / "data" / "dataset_info.json").read_text(encoding="utf-8")
     assert merged.startswith(original.rstrip()[:-1].rstrip())  # every byte of theirs kept; ours appended
+    # all entries went in with one write: the backup is their file as it was, not a half-merged one
+    assert (checkout / "data" / "dataset_info.json.bak").read_text(encoding="utf-8") == original
     for name in LF_INFO:  # LLaMA-Factory's data files untouched
         file_name = LF_INFO[name].get("file_name", "")
         if (LF_DATA / file_name).is_file():

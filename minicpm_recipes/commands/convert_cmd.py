@@ -92,12 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if report.dropped:
         print(f"note: {report.dropped} conversation(s) had nothing usable left and were not written")
     if args.register:
-        from ..data.registry import register_entry
+        from ..data.registry import register_entries
 
         info = out_dir / "dataset_info.json"
-        for entry_name, entry in report.entries.items():
-            outcome = register_entry(info, entry_name, entry, force=args.force, dataset_dir=out_dir)
-            print(f"{outcome.action}: {entry_name} in {outcome.path}")
+        for outcome in register_entries(info, list(report.entries.items()), force=args.force, dataset_dir=out_dir):
+            print(f"{outcome.action}: {outcome.name} in {outcome.path}")
     else:
         print(f"dataset_info.json entries (add them to {out_dir / 'dataset_info.json'}, or rerun with --register):")
         print(json.dumps(report.entries, ensure_ascii=False, indent=2))

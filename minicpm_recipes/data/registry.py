@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -226,19 +227,9 @@ def _real_target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def plan_registration(
-    dataset_info_path: str | os.PathLike,
-    name: str,
-    entry: dict[str, Any],
-    *,
-    force: bool = False,
-    validate: bool = True,
-    dataset_dir: str | os.PathLike | None = None,
-) -> RegistrationPlan:
-    """What `register_entry` would do (added | updated | unchanged and the new text), without writing.
-    Raises UserError for a bad entry, data that does not fit it, or a conflicting name without `force`."""
-    given = Path(dataset_info_path)
-    path = _real_target(given)
+def _checked_entry(given: Path, name: str, entry: Any, *, validate: bool,
+                   dataset_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """The entry, normalized, once it is one LLaMA-Factory reads and its data (validate=True) fits it."""
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise UserError(f"dataset name {name!r}: expected a non-empty name without surrounding spaces")
     entry = _normalize_entry(entry, name)
@@ -255,8 +246,11 @@ def plan_registration(
             raise UserError(f"entry {name!r}: file_name {entry['file_name']!r} does not exist in {dataset_dir}")
         if validate:
             _validate_data(name, entry, dataset_dir, target)
+    return entry
 
-    old_text = _read_text(path)
+
+def _plan_on_text(path: Path, old_text: str | None, name: str, entry: dict[str, Any], force: bool) -> RegistrationPlan:
+    """Registering a checked entry into the text `old_text` of `path` (None: no file yet). Pure."""
     try:
         current = json.loads(old_text) if old_text is not None and old_text.strip() else {}
     except ValueError as exc:
@@ -278,6 +272,23 @@ def plan_registration(
     return RegistrationPlan(path, name, entry, "updated" if name in current else "added", previous, old_text, new_text)
 
 
+def plan_registration(
+    dataset_info_path: str | os.PathLike,
+    name: str,
+    entry: dict[str, Any],
+    *,
+    force: bool = False,
+    validate: bool = True,
+    dataset_dir: str | os.PathLike | None = None,
+) -> RegistrationPlan:
+    """What `register_entry` would do (added | updated | unchanged and the new text), without writing.
+    Raises UserError for a bad entry, data that does not fit it, or a conflicting name without `force`."""
+    given = Path(dataset_info_path)
+    path = _real_target(given)
+    entry = _checked_entry(given, name, entry, validate=validate, dataset_dir=dataset_dir)
+    return _plan_on_text(path, _read_text(path), name, entry, force)
+
+
 def register_entry(
     dataset_info_path: str | os.PathLike,
     name: str,
@@ -288,29 +299,56 @@ def register_entry(
     dataset_dir: str | os.PathLike | None = None,
 ) -> RegisterOutcome:
     """Add or update `name` in dataset_info.json (created when missing). Locked, atomic, backed up."""
+    return register_entries(dataset_info_path, [(name, entry)], force=force, validate=validate,
+                            dataset_dir=dataset_dir)[0]
+
+
+def register_entries(
+    dataset_info_path: str | os.PathLike,
+    entries: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    force: bool = False,
+    validate: bool = True,
+    dataset_dir: str | os.PathLike | None = None,
+) -> list[RegisterOutcome]:
+    """Add or update several entries in one locked, atomic write: all of them or none, and the backup
+    (`dataset_info.json.bak`) is the file as it was before this call."""
     from filelock import FileLock, Timeout
 
     given = Path(dataset_info_path)
     path = _real_target(given)
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such folder; create it first")
-    dataset_dir = Path(dataset_dir) if dataset_dir is not None else given.parent
-    # validate the data first, outside the lock (it reads the whole file); re-plan under the lock
-    first = plan_registration(path, name, entry, force=force, validate=validate, dataset_dir=dataset_dir)
-    if not first.changes:  # already registered: no write, not even the lock file
-        return RegisterOutcome("unchanged", path, None, name, first.entry)
+    names = [name for name, _ in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"{', '.join(map(repr, twice))}: given more than once; register each name once")
+    # validate the data first, outside the lock (it reads whole files); plan again under the lock
+    checked = [(name, _checked_entry(given, name, entry, validate=validate, dataset_dir=dataset_dir))
+               for name, entry in entries]
+
+    def plan_all(text: str | None) -> tuple[list[RegistrationPlan], str | None]:
+        plans = []
+        for name, entry in checked:
+            plans.append(_plan_on_text(path, text, name, entry, force))
+            text = plans[-1].new_text if plans[-1].changes else text
+        return plans, text
+
+    plans, _ = plan_all(_read_text(path))
+    if not any(p.changes for p in plans):  # already registered: no write, not even the lock file
+        return [RegisterOutcome("unchanged", path, None, p.name, p.entry) for p in plans]
     lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
-            plan = plan_registration(path, name, entry, force=force, validate=False, dataset_dir=dataset_dir)
-            if not plan.changes:
-                return RegisterOutcome("unchanged", path, None, name, plan.entry)
+            old_text = _read_text(path)
+            plans, new_text = plan_all(old_text)
             backup = None
-            if plan.old_text is not None:
-                backup = path.with_name(path.name + ".bak")
-                atomic_write_bytes(backup, plan.old_text.encode("utf-8"))
-            atomic_write_bytes(path, plan.new_text.encode("utf-8"))
-            return RegisterOutcome(plan.action, path, backup, name, plan.entry)
+            if any(p.changes for p in plans):
+                if old_text is not None:
+                    backup = path.with_name(path.name + ".bak")
+                    atomic_write_bytes(backup, old_text.encode("utf-8"))
+                atomic_write_bytes(path, (new_text or "").encode("utf-8"))
+            return [RegisterOutcome(p.action, path, backup if p.changes else None, p.name, p.entry) for p in plans]
     except Timeout:
         raise UserError(f"{path}: another registration holds {lock.lock_file} for over {LOCK_TIMEOUT_S}s; "
                         "retry, or delete the lock file if no other process is running") from None
