@@ -248,3 +248,19 @@ def test_lost_workers_are_given_up_and_the_result_stays_the_same(monkeypatch, tm
         path.write_bytes(_dump(records + records[:5], kind, rng))
         fast, _ = _same(path)
         assert fast.fast_hits > 100
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_line_blocks_give_whole_lines_and_their_file_offsets(chunk):
+    import io
+
+    from minicpm_recipes.data.loader import line_blocks
+
+    raw = b'\xef\xbb\xbf{"a": 1}\n\n{"b": "a longer line than a chunk"}\r\n  \n{"c": 3}'
+    blocks = list(line_blocks(io.BytesIO(raw), chunk))
+    assert b"\n".join(data for _, data in blocks) == raw[3:]  # every byte but the BOM, lines never cut
+    for start, data in blocks:
+        assert raw[start:start + len(data)] == data
+    assert blocks[0][0] == 3
+    assert list(line_blocks(io.BytesIO(b""), chunk)) == []
+    assert [d for _, d in line_blocks(io.BytesIO(b"x\n"), chunk)] == [b"x"]

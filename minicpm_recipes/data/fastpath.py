@@ -37,7 +37,7 @@ from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
-from .loader import _OPEN_RECORD, CHUNK, LAZY, RecordStream, _ArrayReader, _utf8_ok
+from .loader import _OPEN_RECORD, CHUNK, LAZY, RecordStream, _ArrayReader, _utf8_ok, line_blocks
 from .spec import DatasetSpec
 
 _BOM = b"\xef\xbb\xbf"
@@ -528,41 +528,16 @@ def _lines_parallel(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
 
 
 def _lines(stream: RecordStream, pipe: _Pipeline, accept: _Accept):
-    """loader.RecordStream._json_lines, chunk by chunk, checked inline."""
-    path = stream.path
-    with open(path, "rb") as fh:
-        rest = b""
-        lineno = 0
-        pos = 0  # file offset of data
-        first = True
-        while True:
-            chunk = fh.read(CHUNK)
-            if chunk:
-                data = rest + chunk
-                cut = data.rfind(b"\n")
-                if cut == -1:
-                    rest = data
-                    continue
-                rest = data[cut + 1:]
-                data = data[:cut]
-            else:
-                data, rest = rest, b""
-                if not data:
-                    break
-            start = pos
-            if first and data.startswith(_BOM):
-                data = data[3:]
-                start += 3
-            first = False
+    """loader.RecordStream._json_lines, block by block, checked inline."""
+    lineno = 0
+    with open(stream.path, "rb") as fh:
+        for start, data in line_blocks(fh, CHUNK):
             n_lines = data.count(b"\n") + 1
             span = (start, len(data), lineno, data, n_lines)
             for sp, result in pipe.submit(span, "lines", data, start, len(data), b"", b""):
                 yield from _lines_settle(stream, accept, sp, result)
             lineno += n_lines
-            pos = start + len(data) + 1
-            stream.position = min(pos, stream.size)
-            if not chunk:
-                break
+            stream.position = min(start + len(data) + 1, stream.size)
     stream.position = stream.size
 
 

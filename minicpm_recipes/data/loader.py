@@ -84,6 +84,37 @@ class ShapeMask:
         return b'"'.join(parts[0::2]), tuple([s if len(s) < k or s[0] in amb else None for s in strings])
 
 
+def line_blocks(fh, chunk: int):
+    """Whole lines of a binary file, about `chunk` bytes at a time: (file offset of `data`, `data`), `data`
+    without its last newline. A UTF-8 byte order mark at the start of the file is dropped."""
+    rest = b""
+    pos = 0  # file offset of the next block
+    first = True
+    while True:
+        piece = fh.read(chunk)
+        if piece:
+            data = rest + piece
+            cut = data.rfind(b"\n")
+            if cut == -1:
+                rest = data
+                continue
+            rest = data[cut + 1:]
+            data = data[:cut]
+        else:
+            data, rest = rest, b""
+            if not data:
+                return
+        start = pos
+        pos += len(data) + 1
+        if first and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+            start += 3
+        first = False
+        yield start, data
+        if not piece:
+            return
+
+
 def _utf8_ok(decoder, data: bytes, final: bool = False) -> bool:
     if data.isascii():
         return True
@@ -137,38 +168,15 @@ class RecordStream:
     def _json_lines(self, fh):
         mask = self.mask
         decoder = codecs.getincrementaldecoder("utf-8")()
-        rest = b""
         lineno = 0
-        pos = 0
-        first = True
-        while True:
-            chunk = fh.read(CHUNK)
-            if chunk:
-                data = rest + chunk
-                cut = data.rfind(b"\n")
-                if cut == -1:
-                    rest = data
-                    continue
-                rest = data[cut + 1:]
-                data = data[:cut]
-            else:
-                data, rest = rest, b""
-                if not data:
-                    break
-            if first and data.startswith(b"\xef\xbb\xbf"):
-                data = data[3:]
-            first = False
-            lines = data.split(b"\n")
+        for start, data in line_blocks(fh, CHUNK):
             use_shapes = mask is not None and _utf8_ok(decoder, data + b"\n")
-            for raw in lines:
+            for raw in data.split(b"\n"):
                 lineno += 1
                 if not raw or raw.isspace():
                     continue
                 yield lineno, LAZY, raw, (mask(raw) if use_shapes else None)
-            pos += len(data) + 1
-            self.position = min(pos, self.size)
-            if not chunk:
-                break
+            self.position = min(start + len(data) + 1, self.size)
         self.position = self.size
 
     def _json_array(self, fh):
