@@ -150,18 +150,23 @@ def build_params(
     return params
 
 
-def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
-    """Render every file of one recipe. Pure: reads templates and recipes, writes nothing."""
-    catalog = catalog or load_catalog()
-    stage = catalog.stage(options.stage)
-    catalog.method(options.method)
-    dist = catalog.dist(options.dist)
+def check_topology(options) -> None:
+    """--nodes, --gpus-per-node and --master-port are in range (UserError otherwise)."""
     if options.nodes < 1:
         raise UserError(f"--nodes must be 1 or more, got {options.nodes}")
     if options.gpus_per_node < 1:
         raise UserError(f"--gpus-per-node must be 1 or more, got {options.gpus_per_node}")
     if not (1 <= options.master_port <= 65535):
         raise UserError(f"--master-port must be a TCP port (1-65535), got {options.master_port}")
+
+
+def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
+    """Render every file of one recipe. Pure: reads templates and recipes, writes nothing."""
+    catalog = catalog or load_catalog()
+    stage = catalog.stage(options.stage)
+    catalog.method(options.method)
+    dist = catalog.dist(options.dist)
+    check_topology(options)
     model = catalog.resolve_model(options.model, options.template)
     spec = load_spec()
     if stage.needs_template and model.template not in spec.templates:

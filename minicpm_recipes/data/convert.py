@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..fsutil import fsync_dir, new_file_mode
 
 SOURCE_FORMATS = ("auto", "messages", "chatglm3", "sharegpt", "alpaca", "chat-export")
 TARGET_FORMATS = ("sharegpt", "alpaca")
@@ -389,18 +390,9 @@ class _AtomicJsonArray:
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)
+        os.chmod(self.tmp, new_file_mode())
         os.replace(self.tmp, self.path)
-        try:
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         if not self.fh.closed:

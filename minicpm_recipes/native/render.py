@@ -18,7 +18,7 @@ import yaml
 from .. import __version__
 from ..catalog import did_you_mean, load_catalog
 from ..errors import UserError
-from ..render import Rendered, RenderedFile, _ref, jinja_env
+from ..render import Rendered, RenderedFile, _ref, check_topology, jinja_env
 
 # recipe keys (LLaMA-Factory names in recipes/stages.yaml) that map onto `finetune` options
 _RECIPE_KEYS = {
@@ -118,12 +118,7 @@ def render_trainer(options: TrainerRenderOptions, stage_name: str = "sft") -> Re
                         f"render {stage.name} with the default --backend llamafactory")
     method = catalog.method(options.method)
     dist = catalog.dist(options.dist)
-    if options.nodes < 1:
-        raise UserError(f"--nodes must be 1 or more, got {options.nodes}")
-    if options.gpus_per_node < 1:
-        raise UserError(f"--gpus-per-node must be 1 or more, got {options.gpus_per_node}")
-    if not (1 <= options.master_port <= 65535):
-        raise UserError(f"--master-port must be a TCP port (1-65535), got {options.master_port}")
+    check_topology(options)
     if bool(options.eval_data) == bool(options.dev_ratio):
         raise UserError("--backend trainer needs a validation set: pass --eval-data FILE or --dev-ratio R (one)")
 
