@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -61,16 +62,23 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
     return False
 
 
+def dispositions(ignored: tuple[int, ...]) -> None:
+    """In the driver before exec: the forwarded signals at their defaults (as from a terminal, whatever
+    ran these tests: a shell's background job inherits SIGINT ignored), `ignored` ones ignored (as nohup does)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+
+
 @pytest.fixture()
 def job(tmp_path):
     script = tmp_path / "fake_job.py"
     script.write_text(FAKE_JOB)
     started = []
 
-    def start(mode: str, grace: float = 30.0):
+    def start(mode: str, grace: float = 30.0, ignore: tuple[int, ...] = ()):
         pidfile = tmp_path / f"pids-{mode}"
         driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(grace), sys.executable, str(script),
-                                   str(pidfile), mode], cwd=tmp_path)
+                                   str(pidfile), mode], cwd=tmp_path, preexec_fn=partial(dispositions, ignore))
         started.append(driver)
         assert wait_for(pidfile.exists), "the fake job did not start"
         child, worker, var = pidfile.read_text().split()
@@ -91,6 +99,16 @@ def test_signal_stops_every_process(job, sig, status):
     assert os.getpgid(worker) == child
     driver.send_signal(sig)
     assert driver.wait(timeout=30) == status
+    assert wait_for(lambda: not alive(child) and not alive(worker), 10)
+
+
+def test_a_signal_ignored_at_start_stays_ignored_like_under_nohup(job):
+    driver, child, worker, _ = job("wait", ignore=(signal.SIGHUP,))
+    driver.send_signal(signal.SIGHUP)  # the terminal closing under `nohup minicpm-recipes train ...`
+    time.sleep(1.0)
+    assert driver.poll() is None and alive(child) and alive(worker)
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=30) == 143
     assert wait_for(lambda: not alive(child) and not alive(worker), 10)
 
 

@@ -6,7 +6,7 @@ sent to minicpm-recipes are forwarded to that whole group; if the group has not 
 later, or a second signal arrives, it is killed with SIGKILL. Processes of the group still alive once the
 child has exited are killed too, so nothing outlives the command. On Linux the child also dies with
 minicpm-recipes itself (PR_SET_PDEATHSIG), so a SIGKILL of minicpm-recipes (which cannot be forwarded) does not
-leave the training running.
+leave the training running. A signal ignored when minicpm-recipes starts (SIGHUP under `nohup`) stays ignored.
 
 Exit status: the child's own exit code; 128+N when the child died of signal N or when minicpm-recipes
 forwarded signal N (130 for Ctrl-C, 143 for SIGTERM), as a shell reports it.
@@ -58,30 +58,51 @@ def launch(plan: Plan, *, cwd: str | None = None, env: Mapping[str, str] | None 
     """Run `plan.argv` with `plan.env` on top of `env` (default: this process's environment); return its status."""
     sys.stdout.flush()
     sys.stderr.flush()
+    received: list[int] = []
+    deadline: list[float] = []
+    started: list[int] = []  # the child's process group, once it exists
+
+    def forward(signum, _frame):  # runs in the main thread between waits
+        received.append(signum)
+        if not started:  # before the child exists: it is stopped as soon as it does
+            return
+        if len(received) == 1:
+            deadline.append(time.monotonic() + grace_s)
+            _killpg(started[0], signum)
+        else:  # a second signal: stop now
+            _killpg(started[0], signal.SIGKILL)
+
+    # the handlers go in before the child starts, so that no signal falls between the two; a signal this
+    # process ignores (`nohup` ignores SIGHUP, a shell's background job SIGINT) stays ignored, as the child
+    # inherits it ignored too
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in FORWARDED_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, forward)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
     try:
         proc = subprocess.Popen(list(plan.argv), env=child_env(plan, env), cwd=cwd, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     except FileNotFoundError:
+        restore()
         raise UserError(f"cannot run {plan.argv[0]!r}: not found; install LLaMA-Factory's training extras "
                         "(pip install 'minicpm-recipes[train]') in this environment") from None
     except PermissionError:
+        restore()
         raise UserError(f"cannot run {plan.argv[0]!r}: permission denied") from None
+    except BaseException:
+        restore()
+        raise
     pgid = proc.pid
-    received: list[int] = []
-    deadline: list[float] = []
-
-    def forward(signum, _frame):  # runs in the main thread between waits
-        received.append(signum)
-        if len(received) == 1:
-            deadline.append(time.monotonic() + grace_s)
-            _killpg(pgid, signum)
-        else:  # a second signal: stop now
-            _killpg(pgid, signal.SIGKILL)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in FORWARDED_SIGNALS:
-            previous[sig] = signal.signal(sig, forward)
+    started.append(pgid)
+    if received:  # a signal came while the child was starting
+        deadline.append(time.monotonic() + grace_s)
+        _killpg(pgid, received[0] if len(received) == 1 else signal.SIGKILL)
     try:
         while True:
             try:
@@ -92,8 +113,7 @@ def launch(plan: Plan, *, cwd: str | None = None, env: Mapping[str, str] | None 
                     _killpg(pgid, signal.SIGKILL)
                     deadline.clear()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
         # nothing of the child's group may outlive the command
         if _killpg(pgid, 0):
             _killpg(pgid, signal.SIGTERM)
