@@ -264,3 +264,32 @@ def test_line_blocks_give_whole_lines_and_their_file_offsets(chunk):
     assert blocks[0][0] == 3
     assert list(line_blocks(io.BytesIO(b""), chunk)) == []
     assert [d for _, d in line_blocks(io.BytesIO(b"x\n"), chunk)] == [b"x"]
+
+
+def test_workers_given_up_with_jobs_in_flight_stop_at_once():
+    """multiprocessing.Pool.terminate() with jobs in flight was seen hanging (CI); our workers are killed."""
+    import time
+
+    workers = fastpath._Workers(2)
+    procs = list(workers.procs)
+    assert workers.result(workers.submit(abs, -1024), 30) == 1024
+    for _ in range(4):
+        workers.submit(time.sleep, 60)
+    started = time.monotonic()
+    workers.close()
+    assert time.monotonic() - started < 10
+    assert all(not p.is_alive() for p in procs)
+
+
+def test_a_dead_or_failing_worker_is_reported_lost():
+    workers = fastpath._Workers(2)
+    try:
+        with pytest.raises(fastpath._WorkerLost, match="failed"):
+            workers.result(workers.submit(int, "not a number"), 30)
+        workers.procs[1].kill()
+        workers.procs[1].join()
+        with pytest.raises(fastpath._WorkerLost):
+            workers.result(workers.submit(abs, -1), 30)
+        assert workers.result(workers.submit(abs, -2), 30) == 2  # worker 0 still serves
+    finally:
+        workers.close()

@@ -342,6 +342,78 @@ def worker_count(size: int) -> int:
     return n
 
 
+class _WorkerLost(Exception):
+    """A worker process did not answer in time, died, or failed on its job."""
+
+
+def _serve(conn) -> None:
+    """A worker process: run each `(fn, task)` received and send the result back, until None (or the parent's
+    end closes)."""
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        fn, task = job
+        try:
+            conn.send((True, fn(task)))
+        except Exception:  # the parent reruns the job itself, so the error is raised there with its traceback
+            conn.send((False, None))
+
+
+class _Workers:
+    """Forked worker processes, each with its own pipe, jobs dealt round-robin: results come back per worker in
+    the order sent. No lock is shared between processes, so giving workers up (kill) can never hang, unlike
+    multiprocessing.Pool.terminate() with jobs in flight (seen hanging in its task handler thread)."""
+
+    def __init__(self, n: int):
+        ctx = multiprocessing.get_context("fork")
+        self.conns = []
+        self.procs = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="minicpm-validate-worker")
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        self.turn = 0
+
+    def submit(self, fn, task) -> int:
+        """Send a job to the next worker; returns that worker's index (to read its result in order)."""
+        i = self.turn
+        self.turn = (i + 1) % len(self.conns)
+        try:
+            self.conns[i].send((fn, task))
+        except OSError as exc:
+            raise _WorkerLost from exc
+        return i
+
+    def result(self, i: int, timeout: float):
+        """The result of worker `i`'s oldest job still unanswered."""
+        conn = self.conns[i]
+        try:
+            if not conn.poll(timeout):
+                raise _WorkerLost("no answer in time")
+            ok, value = conn.recv()
+        except (OSError, EOFError) as exc:
+            raise _WorkerLost from exc
+        if not ok:
+            raise _WorkerLost("the job failed")
+        return value
+
+    def close(self) -> None:
+        """Stop every worker now (jobs in flight are dropped) and reap it."""
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
+        for proc, conn in zip(self.procs, self.conns, strict=True):
+            proc.join()
+            conn.close()
+
+
 class _Pipeline:
     """Chunks checked in order: inline, or by worker processes with a bounded number in flight."""
 
@@ -354,7 +426,7 @@ class _Pipeline:
         if workers:
             global _WORKER_FAST
             _WORKER_FAST = fast
-            self.pool = multiprocessing.get_context("fork").Pool(workers)
+            self.pool = _Workers(workers)
 
     def submit(self, span: tuple, kind: str, doc: bytes | None, offset: int, length: int, prefix: bytes,
                suffix: bytes) -> list:
@@ -370,18 +442,23 @@ class _Pipeline:
         if self.pool is None:  # no workers (any more): in order after those still pending
             self.pending.append((span, fn, task, None))
             return self.drain()
-        self.pending.append((span, fn, task, self.pool.apply_async(fn, (task,))))
+        try:
+            worker = self.pool.submit(fn, task)
+        except _WorkerLost:
+            self.close()
+            worker = None
+        self.pending.append((span, fn, task, worker))
         out = []
         while len(self.pending) >= self.window:
             out.append(self._next())
         return out
 
     def _next(self) -> tuple:
-        span, fn, task, res = self.pending.popleft()
-        if self.pool is not None and res is not None:
+        span, fn, task, worker = self.pending.popleft()
+        if self.pool is not None and worker is not None:
             try:
-                return span, res.get(WORKER_TIMEOUT)
-            except multiprocessing.TimeoutError:  # a worker lost (killed, stuck): go on without workers
+                return span, self.pool.result(worker, WORKER_TIMEOUT)
+            except _WorkerLost:  # killed, stuck or failed: go on without workers (a failure recurs here, raised)
                 self.close()
         return span, fn(task)
 
@@ -393,8 +470,7 @@ class _Pipeline:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.close()
             self.pool = None
 
 
