@@ -129,6 +129,11 @@ class Catalog:
             return _replace(known, **updates)
         if not template:
             names = ", ".join(m.id for m in self.models)
+            if not is_local and _looks_like_path(name):
+                raise UserError(
+                    f"--model {name}: no such folder here; if it exists on the training machine, pass --template NAME "
+                    f"(a LLaMA-Factory chat template such as cpm4, qwen3, llama3) to render for it anyway"
+                )
             where = "local folder" if is_local else "model id"
             raise UserError(
                 f"unknown {where} {name!r}: pass --template NAME (a LLaMA-Factory chat template such as cpm4, qwen3, "
@@ -154,6 +159,11 @@ def _replace(model: Model, **changes: Any) -> Model:
     from dataclasses import replace
 
     return replace(model, **changes)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A filesystem path rather than a hub id (`org/name`)."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name in (".", "..")
 
 
 def _needs_remote_code(folder: Path) -> bool:

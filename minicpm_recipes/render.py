@@ -188,12 +188,18 @@ def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
         files.append(RenderedFile(ds_name, ds_text, "deepspeed"))
         deepspeed_ref = options.deepspeed_ref or _ref(options.ref_dir, ds_name)
     params = build_params(catalog, options, model, stage, dist, deepspeed_ref)
+    explicit = set()
     for item in options.sets:
         key, value = parse_set(item)
+        explicit.add(key)
         if value is None:
             params.pop(key, None)
         else:
             params[key] = value
+    notes: list[str] = []
+    if params.get("eval_dataset") and "val_size" in params and "val_size" not in explicit:
+        del params["val_size"]  # LLaMA-Factory refuses val_size together with eval_dataset
+        notes.append("eval_dataset is set, so the recipe's val_size is left out (LLaMA-Factory accepts one of them)")
 
     mixed_precision = "bf16" if params.get("bf16") else ("fp16" if params.get("fp16") else "no")
     if dist.accelerate:
@@ -214,7 +220,6 @@ def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
     engine = dist.engine
     if engine == "llamafactory" and (options.gpus_per_node > 1 or options.nodes > 1):
         engine = "torchrun"
-    notes: list[str] = []
     if options.nodes > 1:
         script_name = f"{base}_node.sh"
         script_ref = _ref(options.ref_dir, script_name)

@@ -132,3 +132,19 @@ def test_render_and_list_start_fast_without_torch(tmp_path):
     torch_loaded = proc.stderr.strip().splitlines()[-1].split()[0]
     assert torch_loaded == "False"
     assert time.perf_counter() - start < 10  # generous: the point is no heavy import, measured above
+
+
+def test_render_warns_about_datasets_its_dataset_dir_does_not_register(tmp_path):
+    proc = run_cli("render", "sft", "--dataset", "nosuch", "-o", "c", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dataset 'nosuch' is not registered" in proc.stderr
+    assert "minicpm-recipes register FILE --name nosuch --dataset-dir" in proc.stderr
+    ok = run_cli("render", "sft", "-o", "c", "--out", "d", cwd=tmp_path)
+    assert ok.returncode == 0 and "warning" not in ok.stderr
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text('{"mine": {"file_name": "m.json"}}', encoding="utf-8")
+    proc = run_cli("render", "sft", "--dataset-dir", "data", "--dataset", "mine",
+                   "--set", "eval_dataset=mine_dev", "-o", "-", cwd=tmp_path)
+    assert "'mine'" not in proc.stderr and "dataset 'mine_dev' is not registered in data/dataset_info.json" in proc.stderr
+    assert "val_size" in proc.stderr and "val_size" not in proc.stdout

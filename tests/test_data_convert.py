@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import LF_DATA, MINICPM_DATA, run_cli
 from minicpm_recipes.data import convert as cv
@@ -281,6 +283,12 @@ def test_cli_prints_entries_and_registers(tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads((tmp_path / "data" / "dataset_info.json").read_text(encoding="utf-8"))
     assert info == entries
+    # the printed render command works as printed: both datasets registered, no val_size beside eval_dataset
+    command = next(line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("minicpm-recipes"))
+    rendered = run_cli(*shlex.split(command)[1:], "-o", "-", cwd=tmp_path)
+    assert rendered.returncode == 0 and "warning" not in rendered.stderr, rendered.stderr
+    doc = yaml.safe_load(rendered.stdout)
+    assert (doc["dataset"], doc["eval_dataset"]) == ("adgen", "adgen_dev") and "val_size" not in doc
 
 
 @pytest.mark.parametrize("records, args, pattern", [

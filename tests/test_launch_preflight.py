@@ -226,7 +226,8 @@ def test_train_reports_every_problem_on_its_own_line(tmp_path, tiny_model):
     lines = proc.stderr.strip().splitlines()
     assert all(line.startswith("minicpm-recipes train: error: ") for line in lines), proc.stderr
     text = proc.stderr
-    for needle in ("pure_bf16", "neat_packing", "template: cpmm", "dataset: nope is not registered"):
+    for needle in ("pure_bf16", "neat_packing", "template: cpmm", "dataset: nope is not registered",
+                   "minicpm-recipes register FILE --name nope --dataset-dir "):
         assert needle in text
     assert len(lines) == 4
     assert "command:" not in proc.stdout

@@ -29,6 +29,8 @@ def _combinations():
         yield RenderOptions(stage="sft", method="lora", dist=dist, nodes=2, gpus_per_node=8, master_addr="10.1.2.3")
     for stage in STAGES:  # multi-node, every stage
         yield RenderOptions(stage=stage, method="full", dist="zero3", nodes=4, gpus_per_node=8)
+    for stage in ("sft", "dpo"):  # a separate validation set: val_size must go (LLaMA-Factory refuses both)
+        yield RenderOptions(stage=stage, sets=(f"eval_dataset=minicpm_demo_{stage.replace('sft', 'sft_zh')}",))
     for model in CATALOG.models:  # every model family
         yield RenderOptions(stage="sft", model=model.id, template=None if model.template else "default")
 

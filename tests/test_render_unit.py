@@ -209,6 +209,24 @@ def test_unknown_model_needs_a_template_and_lists_choices():
     assert "trust_remote_code" not in doc
 
 
+def test_eval_dataset_replaces_val_size_unless_both_are_set():
+    rendered = render(RenderOptions(stage="sft", sets=("eval_dataset=my_dev",)))
+    doc = _load_train(rendered)
+    assert doc["eval_dataset"] == "my_dev" and "val_size" not in doc
+    assert any("val_size" in note for note in rendered.notes)
+    assert "val_size" in _load_train(render(RenderOptions(stage="sft")))
+    both = _load_train(render(RenderOptions(stage="sft", sets=("eval_dataset=my_dev", "val_size=0.2"))))
+    assert both["val_size"] == 0.2  # asked for explicitly: kept (LLaMA-Factory's parser then says why not)
+
+
+@pytest.mark.parametrize("path", ["/no/such/model", "./missing", "~/missing-model", "a/b/c"])
+def test_missing_local_folder_is_named_as_such(path):
+    with pytest.raises(UserError, match="no such folder here.*--template"):
+        render(RenderOptions(stage="sft", model=path))
+    doc = _load_train(render(RenderOptions(stage="sft", model=path, template="cpm4")))
+    assert doc["model_name_or_path"] == path  # may exist on the training machine
+
+
 def test_template_that_lf_does_not_have_is_refused():
     with pytest.raises(UserError, match="cpm.*no such template"):
         render(RenderOptions(stage="sft", model="someone/SomeModel", template="cpm"))

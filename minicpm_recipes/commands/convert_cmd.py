@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 HELP = "convert MiniCPM/ChatGLM3/alpaca/chat-export data to LLaMA-Factory format (train + dev split)"
@@ -100,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"dataset_info.json entries (add them to {out_dir / 'dataset_info.json'}, or rerun with --register):")
         print(json.dumps(report.entries, ensure_ascii=False, indent=2))
-    eval_part = f" and `eval_dataset: {report.dev.entry_name}`" if report.dev else ""
-    print(f"use: `dataset: {report.train.entry_name}`{eval_part} with `dataset_dir: {out_dir}`")
+    eval_part = f", `eval_dataset: {report.dev.entry_name}` and no `val_size`" if report.dev else ""
+    print(f"use: `dataset: {report.train.entry_name}`{eval_part} with `dataset_dir: {out_dir}` in the training YAML, "
+          "or render one:")
+    eval_set = f" --set eval_dataset={report.dev.entry_name}" if report.dev else ""
+    print(f"  minicpm-recipes render sft --dataset {report.train.entry_name} "
+          f"--dataset-dir {shlex.quote(str(out_dir))}{eval_set}")
     return 0

@@ -72,6 +72,25 @@ def _path_for_yaml(path: Path) -> str:
     return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else resolved.as_posix()
 
 
+def _dataset_warnings(params: dict) -> list[str]:
+    """Datasets the YAML names that its dataset_dir (as seen from here) does not register."""
+    import json
+
+    folder = str(params.get("dataset_dir") or "data")
+    if "://" in folder or folder.startswith("REMOTE:"):
+        return []
+    info = Path(folder) / "dataset_info.json"
+    try:
+        entries = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [f"{info} is not readable here; the datasets are checked when training starts "
+                "(`minicpm-recipes train` from the folder the YAML is run from)"]
+    names = [n.strip() for key in ("dataset", "eval_dataset") for n in str(params.get(key) or "").split(",")]
+    return [f"dataset {name!r} is not registered in {info}; register it before training: "
+            f"minicpm-recipes register FILE --name {name} --dataset-dir {folder}"
+            for name in names if name and name not in entries]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..render import DEFAULT_MODEL, RenderOptions, render, write_rendered
@@ -108,8 +127,12 @@ def run(args: argparse.Namespace) -> int:
         ref_dir="." if to_stdout else _reference_dir(out_dir),
     )
     rendered = render(options)
+    for warning in _dataset_warnings(rendered.params):
+        print(f"warning: {warning}", file=sys.stderr)
     if to_stdout:
         sys.stdout.write(rendered.files[0].content)
+        for note in rendered.notes:
+            print(f"note: {note}", file=sys.stderr)
         others = [f.name for f in rendered.files[1:]]
         if others:
             print(f"note: the YAML references {', '.join(others)}, which -o - does not write; "

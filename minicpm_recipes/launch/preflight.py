@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,7 +360,8 @@ def check_datasets(cfg: Mapping[str, Any], validate: Validator | None = None, *,
     for key, name in wanted:
         if name not in info:
             problems.append(Problem(f"{key}: {name} is not registered in {info_path}{did_you_mean(name, info)}; "
-                                    "register it (minicpm-recipes validate --register) or fix the name", key))
+                                    f"register it (minicpm-recipes register FILE --name {shlex.quote(name)} --dataset-dir "
+                                    f"{shlex.quote(str(dataset_dir))}) or fix the name", key))
             continue
         entry = info[name] if isinstance(info[name], dict) else {}
         if validate is None or any(entry.get(k) for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")):
