@@ -32,8 +32,15 @@ COMMANDS: dict[str, str] = {
 PROG = "minicpm-recipes"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line naming the command and where its help is (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Fine-tune MiniCPM (and other chat LLMs) with LLaMA-Factory, correctly on the first try.",
         epilog=f"Run `{PROG} COMMAND --help` for the options of one command.",
@@ -56,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the sub-command's parser, which knows its own options
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
     except UserError as exc:

@@ -102,7 +102,8 @@ def _check_types(config: dict[str, Any]) -> None:
             parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except SystemExit:
         message = stderr.getvalue().strip().splitlines()
-        raise ValueError(message[-1] if message else "invalid argument value") from None
+        last = message[-1] if message else "invalid argument value"
+        raise ValueError(last.split(": error: ", 1)[-1]) from None  # without argparse's "PROG: error: "
     except ValueError:
         # dataclass __post_init__ checks run again in get_train_args with the real values; only argparse's
         # type errors are wanted here

@@ -101,11 +101,18 @@ def test_read_only_output_folder(tmp_path):
     assert proc.returncode == 2 and "cannot write" in proc.stderr
 
 
-def test_argparse_usage_errors_exit_2(tmp_path):
-    proc = run_cli("render", cwd=tmp_path)
-    assert proc.returncode == 2 and "STAGE" in proc.stderr
-    proc = run_cli("render", "sft", "--nodes", "two", cwd=tmp_path)
-    assert proc.returncode == 2 and "invalid int value" in proc.stderr
+@pytest.mark.parametrize("args, line", [
+    (["render"], "minicpm-recipes render: error: the following arguments are required: STAGE "
+                 "(see `minicpm-recipes render --help`)"),
+    (["render", "sft", "--nodes", "two"], "minicpm-recipes render: error: argument --nodes: invalid int value: 'two' "
+                                          "(see `minicpm-recipes render --help`)"),
+    (["train", "x.yaml", "--bogus"], "minicpm-recipes train: error: unrecognized arguments: --bogus "
+                                     "(see `minicpm-recipes train --help`)"),
+    ([], "minicpm-recipes: error: the following arguments are required: COMMAND (see `minicpm-recipes --help`)"),
+])
+def test_argparse_usage_errors_are_one_line_exit_2(tmp_path, args, line):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == line + "\n"
 
 
 def test_list_shows_models_stages_methods_and_dist(tmp_path):

@@ -383,6 +383,24 @@ def test_json_report_exit_codes_and_max_errors(tmp_path):
     assert run_cli("validate", str(warn), "--strict").returncode == 1
 
 
+def test_strict_verdict_says_invalid_and_merged_json_lists_every_entry(tmp_path):
+    warn = write(tmp_path / "w.json", [chat("user", "assistant")] * 2)
+    plain = run_cli("validate", str(warn))
+    assert plain.stdout.splitlines()[-1].startswith("ok: ")
+    strict = run_cli("validate", str(warn), "--strict")
+    assert strict.returncode == 1
+    assert strict.stdout.splitlines()[-1].startswith("invalid (--strict: warnings fail): 2 records checked")
+    report = json.loads(run_cli("validate", str(warn), "--strict", "--json").stdout)
+    assert report["ok"] is False and report["strict"] is True and report["errors"] == 0
+    assert json.loads(run_cli("validate", str(warn), "--json").stdout)["ok"] is True
+
+    proc = run_cli("validate", "--dataset", "dpo_en_demo,kto_en_demo", "--dataset-dir", str(LF_DATA), "--json")
+    report = json.loads(proc.stdout)
+    assert report["entry"] is None
+    assert [e["file_name"] for e in report["entries"]] == ["dpo_en_demo.json", "kto_en_demo.json"]
+    assert report["entries"][0]["ranking"] is True
+
+
 @pytest.mark.parametrize("args,needle", [
     (["nope.json"], "no such file"),
     ([], "nothing to check"),

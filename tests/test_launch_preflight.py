@@ -270,6 +270,9 @@ def test_lfcheck_refuses_a_template_the_installed_llamafactory_lacks(tmp_path, t
         lfcheck.check_files([("train", path)])
     assert not bad[0].ok and "no_such_template" in bad[0].error and "does not exist" in bad[0].error
     assert good[0].ok, good[0].error
+    typed = lfcheck.check_files([("train", path)], overrides={"learning_rate": "abc"})[0]
+    assert not typed.ok
+    assert typed.error == ("ValueError: argument --learning_rate/--learning-rate: invalid float value: 'abc'")
 
 
 # ---- keys LLaMA-Factory's parser does not use -------------------------------------------------------------

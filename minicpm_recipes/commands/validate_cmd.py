@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.report import format_json, format_text
+    from ..data.report import format_json, format_text, passed
     from ..data.result import ValidationResult
     from ..data.validate import validate_dataset, validate_file
     from ..errors import UserError
@@ -80,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         total.format = formats.pop() if len(formats) == 1 else None
         total.stage = stages.pop() if len(stages) == 1 else None
     if args.json:
-        sys.stdout.write(format_json(total))
+        sys.stdout.write(format_json(total, strict=args.strict))
     else:
-        sys.stdout.write(format_text(total))
-    failed = not total.ok or (args.strict and total.warnings > 0)
-    return 1 if failed else 0
+        sys.stdout.write(format_text(total, strict=args.strict))
+    return 0 if passed(total, strict=args.strict) else 1

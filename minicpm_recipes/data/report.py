@@ -35,11 +35,21 @@ def summary_line(result: ValidationResult) -> str:
     return text
 
 
-def format_text(result: ValidationResult) -> str:
+def passed(result: ValidationResult, strict: bool = False) -> bool:
+    """The verdict: no error (and, when strict, no warning either)."""
+    return result.ok and not (strict and result.warnings)
+
+
+def format_text(result: ValidationResult, strict: bool = False) -> str:
     lines = [p.format() for p in result.problems]
-    lines.append(("ok: " if result.ok else "invalid: ") + summary_line(result))
+    verdict = "ok: " if passed(result, strict) else "invalid (--strict: warnings fail): " if result.ok else "invalid: "
+    lines.append(verdict + summary_line(result))
     return "\n".join(lines) + "\n"
 
 
-def format_json(result: ValidationResult) -> str:
-    return json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n"
+def format_json(result: ValidationResult, strict: bool = False) -> str:
+    """The result as JSON; `ok` is the verdict (with `strict`, warnings make it false)."""
+    doc = result.to_json()
+    doc["ok"] = passed(result, strict)
+    doc["strict"] = strict
+    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"

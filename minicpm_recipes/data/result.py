@@ -46,6 +46,7 @@ class ValidationResult:
     format: str | None = None
     stage: str | None = None
     entry: dict[str, Any] | None = None
+    entries: list[dict[str, Any] | None] = field(default_factory=list)  # merged results: each one's entry, in order
     records: int = 0
     invalid: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -79,6 +80,7 @@ class ValidationResult:
     def merge(self, other: ValidationResult) -> None:
         """Add another file's result (the other's record indexes stay per file)."""
         self.files += other.files
+        self.entries += other.entries or [other.entry]
         self.records += other.records
         self.invalid += other.invalid
         for p in other.problems:
@@ -108,5 +110,10 @@ class ValidationResult:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Machine-readable report: summary keys, the entry used, and the (capped) problems."""
-        return {**self.summary(), "entry": self.entry, "problems": [p.to_dict() for p in self.problems]}
+        """Machine-readable report: summary keys, the entry used (`entries`, one per file or dataset, for a merged
+        result), and the (capped) problems."""
+        out = {**self.summary(), "entry": self.entry}
+        if self.entries:
+            out["entries"] = self.entries
+        out["problems"] = [p.to_dict() for p in self.problems]
+        return out
