@@ -306,3 +306,17 @@ def test_installed_versions_reads_llamafactorys_transformers_requirement():
     assert v.transformers == metadata.version("transformers")
     assert v.transformers_supported and "<=" in v.transformers_supported
     assert not preflight.installed_versions({}).version_check_disabled
+
+
+def test_dry_run_starts_nothing_and_says_when_it_wrote_multi_node_scripts(tmp_path, tiny_model):
+    path = _config(tmp_path, tiny_model)
+    single = run_cli("train", str(path), "--dry-run", timeout=120)
+    assert single.returncode == 0, single.stderr
+    assert single.stdout.splitlines()[-1] == "dry run: nothing started"
+    assert not list(tmp_path.glob("*.node.sh"))
+    multi = run_cli("train", str(path), "--dry-run", timeout=120,
+                    env={"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"})
+    assert multi.returncode == 0, multi.stderr
+    assert multi.stdout.splitlines()[-1] == "dry run: launch scripts written, nothing started"
+    assert f"wrote {path.with_suffix('.node.sh')}" in multi.stdout and path.with_suffix(".sbatch").is_file()
+    assert not (tmp_path / "out").exists()  # no training output

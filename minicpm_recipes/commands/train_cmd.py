@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="LLaMA-Factory training YAML (e.g. from `minicpm-recipes render`)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override LLaMA-Factory arguments for this run, as `llamafactory-cli train CONFIG k=v` does")
-    p.add_argument("--dry-run", action="store_true", help="check and print the plan and command; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="check and print the plan and command; start nothing (a multi-node plan still "
+                        "writes its launch scripts)")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     p.add_argument("--no-resume", action="store_true",
                    help="refuse to continue an output_dir that already holds checkpoints")
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     print(f"command: {plan.command()}")
     if args.dry_run:
-        print("dry run: nothing started")
+        print("dry run: launch scripts written, nothing started" if written else "dry run: nothing started")
         return 0
     from ..launch.run import launch
 
