@@ -106,6 +106,31 @@ def test_chatglm3_tool_turns_become_function_call_and_observation():
         cv.render_record(turns, "alpaca")
 
 
+def test_chatglm3_tools_in_the_system_message_are_kept(tmp_path):
+    """ChatGLM3's own format puts the tool list in the system message: {"role": "system", "tools": [...]}."""
+    tools = [{"name": "track", "description": "实时追踪", "parameters": {"type": "object",
+              "properties": {"symbol": {"type": "string"}}, "required": ["symbol"]}}]
+    rec = {"conversations": [
+        {"role": "system", "content": "Answer the following questions as best as you can.", "tools": tools},
+        {"role": "user", "content": "帮我查一下 10111 的价格"},
+        {"role": "assistant", "metadata": "track", "content": " ```python\ntool_call(symbol='10111')\n```"},
+        {"role": "observation", "content": "{\"price\": 12412}"},
+        {"role": "assistant", "content": "价格是 12412。"},
+    ]}
+    turns = cv.to_turns(rec, "chatglm3")
+    assert json.loads(turns.tools) == tools
+    assert turns.system == "Answer the following questions as best as you can."
+    src = tmp_path / "glm.jsonl"
+    src.write_text(json.dumps(rec, ensure_ascii=False) + "\n" + json.dumps(
+        {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]},
+        ensure_ascii=False) + "\n", encoding="utf-8")
+    report = cv.convert([src], tmp_path / "out", "glm", dev_ratio=0.0)
+    out = json.loads(report.train.file.read_text(encoding="utf-8"))
+    assert report.entries["glm"]["columns"] == {"messages": "messages", "tools": "tools"}
+    assert json.loads(out[0]["tools"]) == tools and out[1]["tools"] == ""
+    assert [m["role"] for m in out[0]["messages"]][1:] == ["user", "function_call", "observation", "assistant"]
+
+
 def test_native_chatglm3_call_with_metadata():
     rec = {"conversations": [
         {"role": "user", "content": "查天气"},
@@ -330,6 +355,21 @@ def test_cli_refuses_to_overwrite_without_force(tmp_path):
     assert run_cli("convert", str(MINICPM_DATA), "-o", str(out), "--name", "x", "--force",
                    cwd=tmp_path).returncode == 0
     assert (out / "x_train.json").read_bytes() == before
+
+
+def test_cli_rerun_with_the_same_result_changes_nothing(tmp_path):
+    out = tmp_path / "out"
+    args = ("convert", str(MINICPM_DATA), "-o", str(out), "--name", "x")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    stats = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.json")}
+    dev_before = (out / "x_dev.json").read_bytes()
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"unchanged {out / 'x_train.json'}" in again.stdout and f"unchanged {out / 'x_dev.json'}" in again.stdout
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.json")} == stats
+    other = run_cli(*args, "--to", "alpaca", cwd=tmp_path)  # both files would change
+    assert other.returncode == 2 and "already exists with other content; pass --force" in other.stderr
+    assert (out / "x_dev.json").read_bytes() == dev_before and not list(out.glob(".*.tmp"))
 
 
 # ------------------------------------------------------------------------------ real LLaMA-Factory

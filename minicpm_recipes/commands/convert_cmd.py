@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"read {report.read} record(s) ({report.source_format})")
     for split in (report.train, report.dev):
         if split is not None:
-            print(f"wrote {split.file} ({split.records} record(s))")
+            done = "unchanged" if split.file in report.unchanged else "wrote"
+            print(f"{done} {split.file} ({split.records} record(s))")
     if report.split_from_train:
         print(f"note: validation set split off the training data: --dev-ratio {args.dev_ratio}, --seed {args.seed}")
     if report.dev is None:

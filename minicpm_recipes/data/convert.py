@@ -210,11 +210,26 @@ def _role_messages(msgs: Any, col: str, *, chatglm3: bool) -> tuple[str, list[di
     return "\n".join(system_parts), out
 
 
+def _record_tools(record: Any) -> Any:
+    """A record's tool definitions: its `tools` field, or (ChatGLM3) the `tools` of its system message."""
+    if not isinstance(record, dict):
+        return None
+    if record.get("tools"):
+        return record["tools"]
+    for col in ("conversations", "messages"):
+        msgs = record.get(col)
+        if isinstance(msgs, list):
+            for msg in msgs:
+                if isinstance(msg, dict) and msg.get("role") == "system" and msg.get("tools"):
+                    return msg["tools"]
+    return None
+
+
 def to_turns(record: Any, fmt: str) -> Turns:
     """One source record -> Turns. Raises RecordError naming the field."""
     if not isinstance(record, dict):
         raise RecordError(f"expected a JSON object, got {type(record).__name__}")
-    tools = record.get("tools") or ""
+    tools = _record_tools(record)
     tools = _json_text(tools) if tools else ""
     if fmt in ("messages", "chatglm3", "chat-export"):
         col = "messages" if "messages" in record else "conversations"
@@ -385,11 +400,30 @@ class _AtomicJsonArray:
         self.fh.write(("[\n" if self.count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
         self.count += 1
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """End the array and make the temp file durable (the target is not touched yet)."""
         self.fh.write("[]\n" if self.count == 0 else "\n]\n")
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
+
+    def same_as_target(self) -> bool:
+        """The target exists with exactly the finished content."""
+        try:
+            if self.path.stat().st_size != os.stat(self.tmp).st_size:
+                return False
+        except FileNotFoundError:
+            return False
+        with open(self.path, "rb") as a, open(self.tmp, "rb") as b:
+            while True:
+                x, y = a.read(1 << 20), b.read(1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+
+    def commit(self) -> None:
+        """Rename the finished temp file over the target."""
         os.chmod(self.tmp, new_file_mode())
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
@@ -427,6 +461,7 @@ class ConvertReport:
     fixes: dict[str, int] = field(default_factory=dict)
     source_format: str = ""
     split_from_train: bool = False
+    unchanged: list[Path] = field(default_factory=list)  # outputs that already held exactly this content
 
     @property
     def entries(self) -> dict[str, dict[str, Any]]:
@@ -505,7 +540,7 @@ def _scan_tools(sources: Iterable[Source]) -> bool:
     for src in sources:
         for path, _ in src.files:
             for _, _, rec in read_records(path):
-                if isinstance(rec, dict) and rec.get("tools"):
+                if _record_tools(rec):
                     return True
     return False
 
@@ -550,8 +585,6 @@ def convert(
     for t in targets:
         if t.resolve() in inputs_resolved:
             raise UserError(f"{t}: is also an input; write to another folder (-o) or use another --name")
-        if t.exists() and not overwrite:
-            raise UserError(f"{t}: already exists; pass --force to replace it")
 
     report = ConvertReport(
         train=SplitReport(train_path, name, build_entry(train_path.name, target, with_tools=with_tools)),
@@ -606,7 +639,15 @@ def convert(
         if writers["train"].count == 0:
             raise UserError(f"{', '.join(map(str, inputs))}: no usable record to write")
         for w in writers.values():
-            w.commit()
+            w.finish()
+        for w in writers.values():  # all or nothing: no file is replaced unless every one may be
+            if w.path.exists() and not overwrite and not w.same_as_target():
+                raise UserError(f"{w.path}: already exists with other content; pass --force to replace it")
+        for w in writers.values():
+            if w.same_as_target():
+                report.unchanged.append(w.path)
+            else:
+                w.commit()
     finally:
         for w in writers.values():
             w.abort()
