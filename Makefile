@@ -16,6 +16,10 @@ help:
 	@echo "make test-fast  unit tests only"
 	@echo "make lint       ruff"
 	@echo "make bench      benchmarks in bench/"
+	@echo "make {sft,dpo,kto,pretrain}-{lora,full} [MODEL=... DIST=... NODES=... DATASET=...]"
+	@echo "                render, check and train one recipe (no MODEL: tiny model + demo data on CPU); make train-help"
+	@echo "make tiny-model build the tiny local model (.cache/models/tiny)"
+	@echo "make demo       the whole pipeline on CPU: validate, register, train sft/dpo/kto/pt, merge, chat"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -1,4 +1,4 @@
-# make demo: the whole pipeline on CPU in a few minutes, with the bundled tiny model and the demo data:
+# make demo: the whole pipeline on CPU in a few minutes, with the locally built tiny model and the demo data:
 #   validate -> register -> render + train sft, dpo, kto, pretrain (LoRA, a few steps each, loss plot kept)
 #   -> preview the SFT tokens and labels
 #   -> merge the SFT adapter (render-export + llamafactory-cli export) -> one chat answer from the merged model (LLaMA-Factory's ChatModel, as `llamafactory-cli chat`).

@@ -5,7 +5,7 @@
 #   make sft-lora MODEL=openbmb/MiniCPM-SALA                    the product's entry point (GPU machine)
 #   make dpo-full MODEL=minicpm4 DIST=zero3 GPUS=8
 #   make sft-lora MODEL=minicpm-sala NODES=2 GPUS=8 MASTER_ADDR=10.0.0.1 NODE_RANK=0   (same on node 1 with NODE_RANK=1)
-#   make kto-lora                                              no MODEL: the bundled tiny model on CPU, a few steps
+#   make kto-lora                                              no MODEL: the locally built tiny model on CPU, a few steps
 # Options: TEMPLATE (local folder or unknown model), DATASET, DATASET_DIR, GPUS (per node), SET="k=v k=v"
 # (extra --set overrides), CONFIGS (where configs are written, default ./configs), DRY_RUN=1 (check only).
 
@@ -23,7 +23,7 @@ DRY_RUN ?=
 MASTER_ADDR ?=
 MASTER_PORT ?= 29500
 
-# the bundled tiny model and its CPU-friendly overrides: used only when MODEL is empty
+# the locally built tiny model and its CPU-friendly overrides: used only when MODEL is empty
 TINY_MODEL ?= .cache/models/tiny
 TINY_RUNS ?= .cache/runs
 TINY_CONFIGS ?= .cache/configs
@@ -75,6 +75,6 @@ $(TRAIN_TARGETS): $(if $(MODEL),,$(TINY_MODEL)/config.json)
 train-help:
 	@echo "make {$(subst $() ,$(comma),$(TRAIN_STAGES))}-{$(subst $() ,$(comma),$(TRAIN_METHODS))} [MODEL=hub-id|alias|folder] [DIST=single|zero2|zero3|zero3-offload|fsdp|fsdp2]"
 	@echo "     [NODES=N GPUS=G MASTER_ADDR=host] [DATASET=name DATASET_DIR=dir] [TEMPLATE=name] [SET='k=v ...'] [DRY_RUN=1]"
-	@echo "  no MODEL: train the bundled tiny model ($(TINY_MODEL)) on the demo data on CPU for $(TINY_STEPS) steps"
+	@echo "  no MODEL: train the locally built tiny model ($(TINY_MODEL)) on the demo data on CPU for $(TINY_STEPS) steps"
 
 comma := ,
