@@ -138,12 +138,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: the YAML references {', '.join(others)}, which -o - does not write; "
                   "render with -o DIR to get them", file=sys.stderr)
         return 0
-    written = write_rendered(rendered, out_dir)
+    print_rendered(write_rendered(rendered, out_dir), rendered.notes, rendered.commands)
+    return 0
+
+
+def print_rendered(written, notes, commands) -> None:
+    """What render wrote, its notes, and the command(s) that run it (from the current folder)."""
     for path in written:
         print(f"wrote {path}")
-    for note in rendered.notes:
+    for note in notes:
         print(f"note: {note}")
-    print(f"run (from {os.getcwd()}):" if len(rendered.commands) == 1 else f"run on each node (from {os.getcwd()}):")
-    for command in rendered.commands:
+    print(f"run (from {os.getcwd()}):" if len(commands) == 1 else f"run on each node (from {os.getcwd()}):")
+    for command in commands:
         print(f"  {command}")
-    return 0

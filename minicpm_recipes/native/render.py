@@ -211,11 +211,10 @@ def render_trainer(options: TrainerRenderOptions, stage_name: str = "sft") -> Re
 
 def run_render(args: argparse.Namespace) -> int:
     """`render sft --backend trainer ...` from render_cmd's parsed arguments: write the files, print the command."""
-    import os
     import sys
     from pathlib import Path
 
-    from ..commands.render_cmd import _path_for_yaml, _reference_dir
+    from ..commands.render_cmd import _path_for_yaml, _reference_dir, print_rendered
     from ..render import DEFAULT_MODEL, write_rendered
     from ..resources import datasets_dir
 
@@ -242,13 +241,8 @@ def run_render(args: argparse.Namespace) -> int:
             print(f"note: the script references {', '.join(others)}, which -o - does not write; "
                   "render with -o DIR to get them", file=sys.stderr)
         return 0
-    for path in write_rendered(rendered, out_dir):
-        print(f"wrote {path}")
+    notes = list(rendered.notes)
     if not args.eval_data and args.dev_ratio is None:
-        print(f"note: no --eval-data: {dev_ratio:g} of the training data is split off as the validation set")
-    for note in rendered.notes:
-        print(f"note: {note}")
-    print(f"run (from {os.getcwd()}):" if len(rendered.commands) == 1 else f"run on each node (from {os.getcwd()}):")
-    for command in rendered.commands:
-        print(f"  {command}")
+        notes.insert(0, f"no --eval-data: {dev_ratio:g} of the training data is split off as the validation set")
+    print_rendered(write_rendered(rendered, out_dir), notes, rendered.commands)
     return 0
