@@ -483,3 +483,41 @@ def test_dataset_info_schema_inlines_the_entry_schema_and_accepts_llamafactory_f
     validator = jsonschema.Draft7Validator(whole)
     assert list(validator.iter_errors(json.loads((LF_DATA / "dataset_info.json").read_text()))) == []
     assert list(validator.iter_errors({"x": {"file_name": "a", "colums": {}}}))
+
+
+def test_files_registered_in_dataset_dir_are_checked_through_their_entry(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    dialog = [{"dialog": [{"speaker": "human", "text": "hi"}, {"speaker": "bot", "text": "hello"}]},
+              {"dialog": [{"speaker": "human", "text": "a"}, {"speaker": "human", "text": "b"}]}]
+    write(data / "c.json", dialog)
+    (data / "dataset_info.json").write_text(json.dumps({"c": {
+        "file_name": "c.json", "formatting": "sharegpt", "columns": {"messages": "dialog"},
+        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "human", "assistant_tag": "bot"}}}))
+    for arg in ("data/c.json", "c.json"):  # as seen from here, or inside the dataset folder
+        proc = run_cli("validate", arg, "--dataset-dir", "data", cwd=tmp_path)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "checked as dataset 'c' of data/dataset_info.json" in proc.stderr
+        assert "record 1: $.dialog[1].speaker" in proc.stdout and "(dialog: speaker/text)" in proc.stdout
+    alone = run_cli("validate", "data/c.json", cwd=tmp_path)  # no entry: the layout cannot be told
+    assert alone.returncode == 2 and "--dataset" in alone.stderr
+
+
+@pytest.mark.parametrize("content, syntax_errors", [(b'{"a":', 1), (b"\x00\x01binary", 1), (b'{"a":\n{"b":\n', 2),
+                                                    (b"", 0), (b"[]", 0)])
+def test_files_with_no_readable_record_are_invalid_data_not_usage_errors(tmp_path, content, syntax_errors):
+    path = tmp_path / ("d.jsonl" if content.count(b"\n") > 1 else "d.json")
+    path.write_bytes(content)
+    proc = run_cli("validate", str(path), "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["by_rule"] == ({"json-syntax": syntax_errors} if syntax_errors else {"no-records": 1})
+    assert report["format"] is None and report["entry"] is None  # no layout is claimed for unreadable data
+
+
+@pytest.mark.parametrize("args, message", [(["--max-errors", "-1"], "--max-errors -1: expected 0 (all) or more"),
+                                           (["--cutoff-len", "0"], "--cutoff-len 0: expected a number of tokens")])
+def test_bad_numbers_are_named_alone(tmp_path, args, message):
+    path = write(tmp_path / "ok.json", [chat("user", "assistant")])
+    proc = run_cli("validate", str(path), *args)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1

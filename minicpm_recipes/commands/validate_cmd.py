@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 HELP = "check dataset files (or a registered dataset) against LLaMA-Factory's formats and rules"
 DESCRIPTION = """\
@@ -25,6 +27,26 @@ examples:
 """
 
 
+def _file_and_entry(file: str, dataset_dir: str | None, fmt: str | None) -> tuple[Path, str | None]:
+    """Where FILE is (as given, else inside dataset_dir), and the name dataset_dir registers it under (None when
+    it does not, or --format decides the layout)."""
+    path = Path(file)
+    if dataset_dir is None:
+        return path, None
+    if not path.is_absolute() and not path.exists() and (Path(dataset_dir) / path).exists():
+        path = Path(dataset_dir) / path
+    if fmt is not None or not path.is_file():
+        return path, None
+    try:
+        info = json.loads((Path(dataset_dir) / "dataset_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path, None
+    target = path.resolve()
+    names = [name for name, entry in info.items() if isinstance(entry, dict) and isinstance(
+        entry.get("file_name"), str) and (Path(dataset_dir) / entry["file_name"]).resolve() == target]
+    return path, names[0] if len(names) == 1 else None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help=".json, .jsonl, .parquet, .arrow, .csv or .txt files")
     p.add_argument("--format", choices=("alpaca", "sharegpt", "messages", "openai", "text"), default=None,
@@ -34,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, metavar="NAME",
                    help="registered dataset name(s), comma-separated, read through dataset_info.json")
     p.add_argument("--dataset-dir", default=None, metavar="DIR",
-                   help="folder holding dataset_info.json (default ./data, as LLaMA-Factory)")
+                   help="folder holding dataset_info.json (default ./data, as LLaMA-Factory); with FILEs: a "
+                        "relative FILE not found here is read from DIR, and a FILE that DIR registers is checked "
+                        "through its entry (unless --format)")
     p.add_argument("--cutoff-len", type=int, default=None, metavar="N",
                    help="warn on samples longer than about N tokens (estimate); pt: N is the packing block")
     p.add_argument("--max-errors", type=int, default=100, metavar="N",
@@ -56,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("pass either FILE(s) or --dataset, not both")
     if args.dataset and args.format:
         raise UserError("--format does not apply to --dataset (the dataset_info entry says the format)")
-    if args.max_errors < 0 or (args.cutoff_len is not None and args.cutoff_len <= 0):
-        raise UserError("--max-errors must be >= 0 and --cutoff-len > 0")
+    if args.max_errors < 0:
+        raise UserError(f"--max-errors {args.max_errors}: expected 0 (all) or more")
+    if args.cutoff_len is not None and args.cutoff_len <= 0:
+        raise UserError(f"--cutoff-len {args.cutoff_len}: expected a number of tokens above 0")
     max_errors = args.max_errors or None
     progress = sys.stderr.isatty() and not args.json
     results: list[ValidationResult] = []
@@ -68,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
             results.append(validate_dataset(name, args.dataset_dir or "data", **common))
     else:
         for f in args.files:
-            results.append(validate_file(f, format=args.format, dataset_dir=args.dataset_dir, **common))
+            path, name = _file_and_entry(f, args.dataset_dir, args.format)
+            if name is not None:
+                print(f"{path}: checked as dataset {name!r} of {Path(args.dataset_dir) / 'dataset_info.json'}",
+                      file=sys.stderr)
+                results.append(validate_dataset(name, args.dataset_dir, **common))
+            else:
+                results.append(validate_file(path, format=args.format, **common))
     if len(results) == 1:
         total = results[0]
     else:

@@ -275,18 +275,23 @@ class _Run:
         return res
 
 
-def _sample(path: Path, n: int) -> list:
-    """The first n records that parse (for layout detection)."""
+def _sample(path: Path, n: int) -> tuple[list, bool]:
+    """The first n records that parse (for layout detection), and whether a record that does not parse came
+    before them."""
     out = []
+    bad = False
     for _, rec, raw, _ in itertools.islice(iter(RecordStream(path)), n):
         if rec is LAZY:
             try:
                 rec = orjson.loads(raw)
             except orjson.JSONDecodeError:
+                bad = True
                 continue
-        if not isinstance(rec, BadRecord):
+        if isinstance(rec, BadRecord):
+            bad = True
+        else:
             out.append(rec)
-    return out
+    return out, bad
 
 
 def _check_path(path: Path) -> None:
@@ -314,18 +319,18 @@ def validate_file(path: str | os.PathLike, *, format: str | None = None, stage: 
     _check_path(path)
     stage = _stage_or_usage_error(stage)
     problems: list[Problem] = []
+    unreadable = False  # no record parses: the syntax errors are reported under any layout, none is claimed
     if entry is None:
-        sample = _sample(path, DETECT_SAMPLE)
+        sample, bad = _sample(path, DETECT_SAMPLE)
         keys: set[str] = set()
         if format is None:
             if file_type(path) == "text":
                 format = "text"
             else:
                 format, keys = detect_format(sample)
+            if format is None and not sample:  # empty, or nothing parses: invalid data under any layout
+                format, unreadable = "alpaca", True
             if format is None:
-                if not sample:
-                    raise UserError(f"{path}: no record could be read to detect the layout; pass --format "
-                                    "(alpaca, sharegpt, messages, openai or text)")
                 raise UserError(f"{path}: cannot tell the layout from the keys {sorted(keys)}; pass --format "
                                 "alpaca, sharegpt, messages, openai or text, or validate it with --dataset through "
                                 "its dataset_info entry")
@@ -349,7 +354,12 @@ def validate_file(path: str | os.PathLike, *, format: str | None = None, stage: 
         run.result.files.append(str(path))
         return run.result
     run.run_file(path)
-    return run.finish()
+    if unreadable:
+        run.missing.clear()  # columns of the stand-in layout: not the user's mistake
+    result = run.finish()
+    if unreadable:
+        result.format = result.stage = result.entry = None
+    return result
 
 
 def _fatal(problems: list[Problem]) -> bool:
