@@ -458,3 +458,11 @@ def test_chatglm3_loss_flags_are_reported(tmp_path):
     assert report.fixes == {cv.LOSS_NOTE: 1}
     proc = run_cli("convert", str(src), "-o", str(tmp_path / "out2"), "--dev-ratio", "0", cwd=tmp_path)
     assert proc.returncode == 0 and "`loss` flags" in proc.stdout
+
+
+def test_cli_output_folder_problems_are_one_line(tmp_path):
+    (tmp_path / "ff").write_text("a file")
+    for out, message in (("ff", "-o ff: is a file; pass a folder"),
+                         ("ff/sub", "-o ff/sub: cannot create the folder")):
+        proc = run_cli("convert", str(MINICPM_DATA), "-o", out, cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr

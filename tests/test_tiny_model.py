@@ -20,6 +20,7 @@ def test_tiny_model_is_the_same_bytes_for_the_same_seed(tmp_path):
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         proc = run_cli("tiny-model", str(tmp_path / name), "--seed", seed, timeout=300)
         assert proc.returncode == 0, proc.stderr
+        assert "Writing model shards" not in proc.stderr  # no progress bar for one tiny shard
     a, b, c = (_digests(tmp_path / n) for n in "abc")
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(a)
     assert a == b
@@ -38,3 +39,11 @@ def test_tiny_model_tokenizer_speaks_the_cpm4_template(tiny_model):
     assert tok.decode(answer) == "hi<|im_end|>\n"
     for token in ("<|im_start|>", "<|im_end|>"):
         assert len(tok.encode(token, add_special_tokens=False)) == 1
+
+
+def test_tiny_model_refuses_sizes_that_make_no_model(tmp_path):
+    for args, message in ((["--layers", "0"], "--layers must be 1 or more, got 0"),
+                          (["--hidden-size", "6"], "--hidden-size must be a multiple of 4 and at least 8, got 6")):
+        proc = run_cli("tiny-model", str(tmp_path / "t"), *args)
+        assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "t").exists()

@@ -28,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.hidden_size < 8 or args.hidden_size % 4:
         raise UserError(f"--hidden-size must be a multiple of 4 and at least 8, got {args.hidden_size}")
+    if args.layers < 1:
+        raise UserError(f"--layers must be 1 or more, got {args.layers}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar for one tiny shard is noise
     try:
         out = build_tiny_model(args.dir, seed=args.seed, hidden_size=args.hidden_size, layers=args.layers)
     except OSError as exc:

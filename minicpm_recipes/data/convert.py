@@ -580,7 +580,12 @@ def convert(
     train_path = out_dir / f"{name}_train.json"
     dev_path = out_dir / f"{name}_dev.json"
     targets = [train_path] + ([dev_path] if (dev_src is not None or split) else [])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"-o {out_dir}: is a file; pass a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"-o {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     inputs_resolved = {p.resolve() for s in (train_src, dev_src) if s for p, _ in s.files}
     for t in targets:
         if t.resolve() in inputs_resolved:
@@ -600,9 +605,15 @@ def convert(
             report.dev = None
             report.split_from_train = False
 
-    writers = {"train": _AtomicJsonArray(train_path)}
-    if report.dev is not None:
-        writers["dev"] = _AtomicJsonArray(dev_path)
+    writers: dict[str, _AtomicJsonArray] = {}
+    try:
+        writers["train"] = _AtomicJsonArray(train_path)
+        if report.dev is not None:
+            writers["dev"] = _AtomicJsonArray(dev_path)
+    except OSError as exc:
+        for w in writers.values():
+            w.abort()
+        raise UserError(f"-o {out_dir}: cannot write there ({exc.strerror or exc})") from None
     try:
         def feed(src: Source, default_split: str, use_idx: bool, start: int) -> int:
             index = start
@@ -648,6 +659,8 @@ def convert(
                 report.unchanged.append(w.path)
             else:
                 w.commit()
+    except OSError as exc:  # unreadable input, full disk, ...: nothing is replaced, temp files go
+        raise UserError(f"{exc.filename or out_dir}: {exc.strerror or exc}; conversion stopped") from None
     finally:
         for w in writers.values():
             w.abort()
