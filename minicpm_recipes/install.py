@@ -427,10 +427,16 @@ def _file_action(root: Path, path: str, content: bytes, role: str, executable: b
 
 
 def _plan_registration(root: Path, name: str, entry: dict[str, Any], demo_dir: Path, force: bool) -> str:
-    from .data.registry import plan_registration
+    from .data.registry import NameTaken, plan_registration
 
     # validated against our copy of the data: the checkout's copy may not be written yet
-    return plan_registration(root / DATASET_INFO, name, entry, force=force, validate=True, dataset_dir=demo_dir).action
+    try:
+        return plan_registration(root / DATASET_INFO, name, entry, force=force, validate=True,
+                                 dataset_dir=demo_dir).action
+    except NameTaken as taken:
+        raise NameTaken(taken.path, name, taken.previous, taken.entry,
+                        fix="nothing was written; rename your entry in that file, or rerun install with --force to "
+                            f"replace it (the file is kept as {DATASET_INFO}.bak)") from None
 
 
 # ---- applying ---------------------------------------------------------------------------------------------

@@ -339,10 +339,26 @@ def test_dry_run_after_an_edit_shows_the_refusal(checkout, capsys):
     assert install(checkout, *SMALL) == 0
     (checkout / CONFIG_DIR / "minicpm-sala_lora_sft.yaml").write_text("stage: sft\n")
     capsys.readouterr()
-    assert install(checkout, *SMALL, "--dry-run") == 0
+    assert install(checkout, *SMALL, "--dry-run") == 2  # as the real run would
     out = capsys.readouterr().out
     assert f"REFUSE  {CONFIG_DIR}/minicpm-sala_lora_sft.yaml" in out
+    assert install(checkout, *SMALL, "--dry-run", "--force") == 0
     assert "nothing: already installed" not in out
+
+
+def test_a_differing_dataset_entry_is_refused_with_install_s_own_fix(checkout, capsys):
+    info = checkout / "data" / "dataset_info.json"
+    text = info.read_text(encoding="utf-8")
+    mine = dict(DEMO_INFO["minicpm_demo_sft_zh"], file_name="my_sft.json")
+    info.write_text(text.rstrip()[:-1].rstrip() + ',\n  "minicpm_demo_sft_zh": ' + json.dumps(mine) + "\n}\n",
+                    encoding="utf-8")
+    before = snapshot(checkout)
+    for extra in ((), ("--dry-run",)):
+        assert install(checkout, *SMALL, *extra) == 2
+        err = capsys.readouterr().err
+        assert "'minicpm_demo_sft_zh' is already registered with a different definition" in err
+        assert "rerun install with --force" in err and "--name" not in err
+    assert snapshot(checkout) == before  # nothing written
 
 
 def test_dry_run_of_an_installed_checkout_says_so(checkout, capsys):

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         _print_plan(plan)
-        return 0
+        return 2 if plan.conflicts and not plan.force else 0  # as the real run would
     if plan.conflicts and not plan.force:
         for f in plan.conflicts:
             print(f"refusing to overwrite {plan.root / f.path}: {f.reason}. Your version -> ours:", file=sys.stderr)

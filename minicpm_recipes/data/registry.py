@@ -249,6 +249,17 @@ def _checked_entry(given: Path, name: str, entry: Any, *, validate: bool,
     return entry
 
 
+class NameTaken(UserError):
+    """The name is registered with another definition (and no force)."""
+
+    def __init__(self, path: Path, name: str, previous: Any, entry: dict[str, Any],
+                 fix: str = "pass --force to replace it, or pick another --name"):
+        self.path, self.name, self.previous, self.entry = path, name, previous, entry
+        super().__init__(f"{path}: {name!r} is already registered with a different definition "
+                         f"({json.dumps(previous, ensure_ascii=False)}; new: {json.dumps(entry, ensure_ascii=False)}); "
+                         f"{fix}")
+
+
 def _plan_on_text(path: Path, old_text: str | None, name: str, entry: dict[str, Any], force: bool) -> RegistrationPlan:
     """Registering a checked entry into the text `old_text` of `path` (None: no file yet). Pure."""
     try:
@@ -261,9 +272,7 @@ def _plan_on_text(path: Path, old_text: str | None, name: str, entry: dict[str, 
     if name in current and previous == entry:
         return RegistrationPlan(path, name, entry, "unchanged", previous, old_text, old_text or "")
     if name in current and not force:
-        raise UserError(f"{path}: {name!r} is already registered with a different definition "
-                        f"({json.dumps(previous, ensure_ascii=False)}; new: {json.dumps(entry, ensure_ascii=False)}); "
-                        "pass --force to replace it, or pick another --name")
+        raise NameTaken(path, name, previous, entry)
     try:
         new_text = splice_entry(old_text, name, entry)
     except ValueError as exc:
