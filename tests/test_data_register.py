@@ -329,6 +329,10 @@ def test_cli_file_relative_to_dataset_dir_and_into(lf_dir, tmp_path):
     again = run_cli("register", str(lf_dir / "adgen.json"), "--name", "adgen", "--dataset-dir", str(lf_dir),
                     "--format", "messages", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.startswith("unchanged")
+    other = run_cli("register", "adgen.json", "--name", "adgen2", "--into", str(lf_dir / "mine.json"),
+                    "--format", "messages", cwd=tmp_path)
+    assert other.returncode == 2 and "LLaMA-Factory reads only the dataset_info.json" in other.stderr
+    assert f"--into {lf_dir / 'dataset_info.json'}" in other.stderr and not (lf_dir / "mine.json").exists()
 
 
 def test_cli_dry_run_shows_diff_and_writes_nothing(lf_dir, tmp_path):

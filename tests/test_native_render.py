@@ -85,6 +85,9 @@ def test_trainer_set_overrides_and_errors():
         render_trainer(TrainerRenderOptions(**opts, sets=("output_dir=x",)))
     with pytest.raises(UserError, match="sft only"):
         render_trainer(TrainerRenderOptions(**opts), "dpo")
+    for ratio in (2.0, -1.0, 1.0):
+        with pytest.raises(UserError, match=f"--dev-ratio must be between 0 and 1 \\(exclusive\\), got {ratio:g}"):
+            render_trainer(TrainerRenderOptions(method="full", train_data="train.json", dev_ratio=ratio))
 
 
 def test_trainer_fsdp2_multinode_script(tmp_path):

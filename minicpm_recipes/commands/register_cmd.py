@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     if args.into:
         info = Path(args.into).expanduser()
         dataset_dir = info.parent
+        if info.name != "dataset_info.json":
+            folder = info if info.is_dir() else dataset_dir
+            raise UserError(f"--into {args.into}: LLaMA-Factory reads only the dataset_info.json of its dataset_dir; "
+                            f"pass --into {folder / 'dataset_info.json'} (or --dataset-dir {folder})")
     else:
         dataset_dir = Path(args.dataset_dir).expanduser()
         info = dataset_dir / "dataset_info.json"

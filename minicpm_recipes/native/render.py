@@ -121,6 +121,8 @@ def render_trainer(options: TrainerRenderOptions, stage_name: str = "sft") -> Re
     check_topology(options)
     if bool(options.eval_data) == bool(options.dev_ratio):
         raise UserError("--backend trainer needs a validation set: pass --eval-data FILE or --dev-ratio R (one)")
+    if options.dev_ratio is not None and not 0.0 < options.dev_ratio < 1.0:
+        raise UserError(f"--dev-ratio must be between 0 and 1 (exclusive), got {options.dev_ratio:g}")
 
     from .train import model_defaults
 
