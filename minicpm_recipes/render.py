@@ -196,6 +196,10 @@ def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
             params.pop(key, None)
         else:
             params[key] = value
+    if "template" in explicit and params.get("template") is not None and str(params["template"]) not in spec.templates:
+        raise UserError(f"--set template={params['template']}: LLaMA-Factory {spec.version} has no such template"
+                        f"{did_you_mean(str(params['template']), spec.templates)}; choose one of "
+                        "`minicpm-recipes list --templates`")
     notes: list[str] = []
     if params.get("eval_dataset") and "val_size" in params and "val_size" not in explicit:
         del params["val_size"]  # LLaMA-Factory refuses val_size together with eval_dataset

@@ -155,3 +155,14 @@ def test_render_warns_about_datasets_its_dataset_dir_does_not_register(tmp_path)
                    "--set", "eval_dataset=mine_dev", "-o", "-", cwd=tmp_path)
     assert "'mine'" not in proc.stderr and "dataset 'mine_dev' is not registered in data/dataset_info.json" in proc.stderr
     assert "val_size" in proc.stderr and "val_size" not in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", ""], "--model is empty"),
+    (["--dataset", " "], "--dataset is empty"),
+    (["--output-dir", ""], "--output-dir is empty"),
+    (["--set", "template=nosuch"], "--set template=nosuch: LLaMA-Factory 0.9.5 has no such template"),
+])
+def test_empty_values_and_unknown_templates_via_set_are_refused(tmp_path, args, message):
+    proc = run_cli("render", "sft", *args, "-o", "-", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stdout == ""

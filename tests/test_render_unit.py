@@ -79,11 +79,11 @@ def test_set_with_newline_cannot_inject_a_key():
 def test_set_injection_is_also_safe_for_omegaconf(tmp_path):
     # LLaMA-Factory reads configs with OmegaConf, not PyYAML
     omegaconf = pytest.importorskip("omegaconf")
-    rendered = render(RenderOptions(stage="dpo", sets=("template=cpm4\ndo_train: false # x", "output_dir=o: #")))
+    rendered = render(RenderOptions(stage="dpo", sets=("dataset=cpm4\ndo_train: false # x", "output_dir=o: #")))
     path = tmp_path / "t.yaml"
     path.write_text(rendered.file("train").content, encoding="utf-8")
     doc = omegaconf.OmegaConf.to_container(omegaconf.OmegaConf.load(path))
-    assert doc["template"] == "cpm4\ndo_train: false # x"
+    assert doc["dataset"] == "cpm4\ndo_train: false # x"
     assert doc["do_train"] is True
     assert doc["output_dir"] == "o: #"
 

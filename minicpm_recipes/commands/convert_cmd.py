@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
 
     inputs = [Path(p).expanduser() for p in args.inputs]
+    if args.name is not None and not args.name.strip():
+        raise UserError("--name is empty; give a dataset name or leave the option out (named after the input)")
     name = args.name or _default_name(inputs[0])
     if not re.fullmatch(r"[^\s/\\]+", name):
         raise UserError(f"--name {name!r}: expected a name without spaces or slashes, e.g. my_data")

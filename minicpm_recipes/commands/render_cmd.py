@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     from ..render import DEFAULT_MODEL, RenderOptions, render, write_rendered
     from ..resources import datasets_dir
 
+    for flag, value in (("--model", args.model), ("--template", args.template), ("--dataset", args.dataset),
+                        ("--dataset-dir", args.dataset_dir), ("--output-dir", args.output_dir), ("-o", args.out)):
+        if value is not None and not value.strip():
+            raise UserError(f"{flag} is empty; give a value or leave the option out for its default")
     if args.backend == "trainer":
         from ..native.render import run_render
 
