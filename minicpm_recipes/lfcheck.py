@@ -121,8 +121,8 @@ def _check_deepspeed(path: str) -> None:
     filled = json.loads(json.dumps(hf.config))
     filled.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=1,
                   gradient_clipping=1.0)
-    filled["fp16"]["enabled"] = False
-    filled["bf16"]["enabled"] = True
+    filled.setdefault("fp16", {})["enabled"] = False  # both sections are optional in DeepSpeed's JSON
+    filled.setdefault("bf16", {})["enabled"] = True
     zero = filled.get("zero_optimization", {})
     for key, value in list(zero.items()):
         if value == "auto":

@@ -270,6 +270,14 @@ def test_lfcheck_refuses_a_template_the_installed_llamafactory_lacks(tmp_path, t
         lfcheck.check_files([("train", path)])
     assert not bad[0].ok and "no_such_template" in bad[0].error and "does not exist" in bad[0].error
     assert good[0].ok, good[0].error
+    minimal = tmp_path / "ds_minimal.json"  # no fp16/bf16 sections: valid for DeepSpeed
+    minimal.write_text(json.dumps({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+                                   "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 3}}))
+    broken = tmp_path / "ds_broken.json"
+    broken.write_text(json.dumps({"zero_optimization": {"stage": 3, "no_such_option": 1}}))
+    ds_ok, ds_bad = lfcheck.check_files([("deepspeed", str(minimal)), ("deepspeed", str(broken))])
+    assert ds_ok.ok, ds_ok.error
+    assert not ds_bad.ok and "no_such_option" in ds_bad.error
     typed = lfcheck.check_files([("train", path)], overrides={"learning_rate": "abc"})[0]
     assert not typed.ok
     assert typed.error == ("ValueError: argument --learning_rate/--learning-rate: invalid float value: 'abc'")
