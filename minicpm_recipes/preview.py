@@ -179,7 +179,7 @@ def format_report(result: PreviewResult, max_rows: int = 0) -> str:
         if st.over_cutoff:
             lines.append("  longest samples (0-based, after max_samples): "
                          + ", ".join(f"#{i}" for i in st.longest))
-    lines.append(f"total tokens: {result.total_tokens}")
+        lines.append(f"total tokens: {result.total_tokens}")
     for note in result.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
@@ -249,14 +249,21 @@ def run_preview(config_path: str | Path, *, max_samples: int | None = None, stat
         data_stage = DATA_STAGE.get(stage)
         if data_stage is None:
             raise UserError(f"{config_path}: stage {stage!r} is not previewable; use pt, sft, dpo, kto, rm or ppo")
+        model = str(model_args.model_name_or_path)
+        if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+            raise UserError(f"{config_path}: model_name_or_path {model}: no such folder")
         try:
             tokenizer_module = load_tokenizer(model_args)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             cause = exc.__cause__ or exc
-            raise UserError(f"{config_path}: cannot load the tokenizer of {model_args.model_name_or_path} "
+            raise UserError(f"{config_path}: cannot load the tokenizer of {model} "
                             f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})") from exc
         tokenizer = tokenizer_module["tokenizer"]
-        template = get_template_and_fix_tokenizer(tokenizer, data_args)
+        try:
+            template = get_template_and_fix_tokenizer(tokenizer, data_args)
+        except ValueError as exc:  # e.g. "Template nosuch does not exist."
+            raise UserError(f"{config_path}: template: {exc}; choose one of `minicpm-recipes list --templates`") \
+                from exc
 
         cutoff_len = data_args.cutoff_len
         packing = bool(data_args.packing)

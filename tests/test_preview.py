@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,20 @@ def test_preview_reports_unknown_dataset_as_user_error(tiny_model, tmp_path):
     proc = run_cli("preview", config, timeout=300)
     assert proc.returncode == 2
     assert "not_registered_anywhere" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_preview_reports_an_unknown_template_and_a_missing_model_folder_in_one_line(tiny_model, tmp_path):
+    config = Path(_render("sft", tiny_model, tmp_path))
+    text = config.read_text(encoding="utf-8")
+    bad_template = tmp_path / "t.yaml"
+    bad_template.write_text(text.replace("template: cpm4", "template: nosuch"), encoding="utf-8")
+    no_model = tmp_path / "m.yaml"
+    no_model.write_text(text.replace(str(tiny_model), str(tmp_path / "missing-model")), encoding="utf-8")
+    for path, needle in ((bad_template, "template: Template nosuch does not exist"),
+                         (no_model, f"model_name_or_path {tmp_path / 'missing-model'}: no such folder")):
+        proc = run_cli("preview", str(path), timeout=300)
+        assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    quick = run_cli("preview", str(config), "--rows", "3", "--no-stats", timeout=300)
+    assert quick.returncode == 0 and "total tokens" not in quick.stdout and "token lengths" not in quick.stdout
+    assert run_cli("preview", str(config), "--rows", "-1").returncode == 2

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..preview import format_report, run_preview
 
+    if args.rows < 0:
+        raise UserError(f"--rows must be 0 (all) or more, got {args.rows}")
     if args.max_samples is not None and args.max_samples < 1:
         raise UserError(f"--max-samples must be 1 or more, got {args.max_samples}")
     result = run_preview(args.config, max_samples=args.max_samples, stats=not args.no_stats)
