@@ -76,6 +76,13 @@ def infer_params(config: dict[str, Any], *, adapter: str | None = None, template
         params["infer_backend"] = "huggingface"
     if template:
         params["template"] = template
+    if params.get("template") is not None:
+        from .lfspec import load_spec
+
+        spec = load_spec()
+        if str(params["template"]) not in spec.templates:
+            raise UserError(f"template {params['template']}: LLaMA-Factory {spec.version} has no such template; "
+                            "choose one of `minicpm-recipes list --templates` (--template NAME)")
     if backend:
         params["infer_backend"] = backend
     return params
@@ -135,8 +142,11 @@ def render_export(config: dict[str, Any], config_path: str | Path, export_dir: s
 
     export_name = f"{stem}_export.yaml"
     command = f"llamafactory-cli export {shlex.quote(ref(export_name))}"
-    title = f"merge {params.get('adapter_name_or_path') or params['model_name_or_path']} into " \
-            f"{params['model_name_or_path']} -> {export_dir}"
+    if params.get("adapter_name_or_path"):
+        title = f"merge {params['adapter_name_or_path']} into {params['model_name_or_path']} -> {export_dir}"
+    else:  # full / freeze: the trained folder is a whole model already
+        title = (f"re-save {params['model_name_or_path']} (finetuning_type {params.get('finetuning_type')}: no "
+                 f"adapter to merge) as {export_dir}, in shards of {params['export_size']} GB")
     export = RenderedConfig(export_name, _render("llamafactory/export.yaml.j2", title, params, command), params,
                             command)
     merged = {"model_name_or_path": export_dir}

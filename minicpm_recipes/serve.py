@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -78,34 +76,15 @@ def read_api_key(key_file: str | None, environ: dict[str, str]) -> str | None:
 
 
 def run_server(config_text: str, env: dict[str, str], config_name: str = "serve.yaml") -> int:
-    """Write the inference config to a private temp folder and run the API server until it exits."""
+    """Write the inference config to a private temp folder and run the API server until it exits. The server
+    runs as `train` runs its child (launch.run.run_process): Ctrl-C, SIGTERM and SIGHUP stop it, and it dies with
+    this process even on SIGKILL."""
+    from .launch.run import run_process
+
     with tempfile.TemporaryDirectory(prefix="minicpm-serve-") as tmp:
         path = Path(tmp) / config_name
         path.write_text(config_text, encoding="utf-8")
-        proc = subprocess.Popen(api_argv(path), env=env)
-
-        def forward(signum, _frame):
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
-        try:
-            while True:
-                try:
-                    rc = proc.wait()
-                    return 128 - rc if rc < 0 else rc  # killed by signal N: exit 128+N, as a shell reports it
-                except KeyboardInterrupt:  # Ctrl-C reaches the child too (same process group); wait for it
-                    continue
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        return run_process(api_argv(path), env, grace_s=10.0)
 
 
 def default_model_name(config_path: str | Path) -> str:

@@ -128,6 +128,25 @@ def test_serve_refuses_public_host_without_key_and_missing_adapter(tmp_path):
     assert proc.returncode == 2 and "API key" in proc.stderr and proc.stderr.count("\n") == 1
     proc = run_cli("serve", str(config))
     assert proc.returncode == 2 and "not-trained" in proc.stderr and "train" in proc.stderr
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for args, needle in ((["--adapter", "nope"], "nope: no such folder"),
+                         (["--adapter", str(adapter), "--template", "nosuch"], "template nosuch: LLaMA-Factory"),
+                         (["--adapter", str(adapter), "--backend", "sglang"], "the sglang package is not installed")):
+        proc = run_cli("serve", str(config), *args)
+        assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+
+
+def test_render_export_of_a_full_config_says_it_re_saves_and_checks_the_template(tmp_path):
+    config = tmp_path / "x_full_sft.yaml"
+    config.write_text(yaml.safe_dump(dict(LORA_TRAIN, finetuning_type="full", output_dir="saves/full")))
+    proc = run_cli("render-export", str(config), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "x_full_sft_export.yaml").read_text(encoding="utf-8")
+    assert "re-save saves/full (finetuning_type full: no adapter to merge) as saves/full-merged" in text
+    bad = run_cli("render-export", str(config), "--template", "nosuch", "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "template nosuch" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 # ---- real training, server, export -----------------------------------------------------------------------
@@ -219,6 +238,10 @@ def test_serve_answers_openai_client_with_key(trained):
         with pytest.raises(urllib.error.HTTPError) as err:  # no Authorization header at all
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30)
         assert err.value.code == 401
+
+        os.kill(proc.pid, signal.SIGINT)  # to `serve` alone (a terminal sends it to the whole group)
+        assert proc.wait(timeout=60) == 130
+        assert not _listening_addresses(port)  # the server went with it
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -229,6 +252,29 @@ def test_serve_answers_openai_client_with_key(trained):
                 proc.wait()
         proc.stderr.close()
     assert proc.returncode is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
+def test_serve_killed_with_sigkill_takes_the_server_with_it(trained):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "minicpm_recipes", "serve", str(trained), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not _listening_addresses(port):
+            assert proc.poll() is None and time.monotonic() < deadline, "server not ready in time"
+            time.sleep(0.5)
+        proc.kill()  # cannot be forwarded: the server dies with its parent (PR_SET_PDEATHSIG)
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while _listening_addresses(port):
+            assert time.monotonic() < deadline, "the server outlived `serve`"
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.mark.slow

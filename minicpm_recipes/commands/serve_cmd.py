@@ -58,7 +58,7 @@ def _check_trained(params: dict, config_path: str) -> None:
         if adapter and Path(adapter).exists() and not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: no adapter_config.json, so no trained adapter there yet; train first "
                             f"(minicpm-recipes train {config_path}) or pass --adapter DIR")
-        local = adapter.startswith((".", "/", "~")) or adapter.count("/") >= 2  # a hub id is ORG/NAME
+        local = adapter.startswith((".", "/", "~")) or adapter.count("/") != 1  # a hub id is ORG/NAME
         if adapter and not Path(adapter).exists() and local:
             raise UserError(f"{adapter}: no such folder, so no trained adapter yet; train first "
                             f"(minicpm-recipes train {config_path}) or pass --adapter DIR")
@@ -102,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
               f"llamafactory-cli api {shlex.quote(out.as_posix())}")
         return 0
     _check_trained(params, args.config)
+    backend = params.get("infer_backend")
+    if backend in ("vllm", "sglang"):
+        import importlib.util
+
+        if importlib.util.find_spec(backend) is None:
+            from ..errors import UserError
+
+            raise UserError(f"--backend {backend}: the {backend} package is not installed here; install it "
+                            f"(pip install {backend}) or serve with --backend huggingface")
     rendered = render_infer(params, "serve.yaml", "serve.yaml")
     env = server_env(environ(), host, port, api_key, model_name)
     shown = f"[{host}]" if ":" in host else host

@@ -56,6 +56,12 @@ def child_env(plan: Plan, base: Mapping[str, str] | None = None) -> dict[str, st
 def launch(plan: Plan, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
            grace_s: float = 30.0) -> int:
     """Run `plan.argv` with `plan.env` on top of `env` (default: this process's environment); return its status."""
+    return run_process(list(plan.argv), child_env(plan, env), cwd=cwd, grace_s=grace_s)
+
+
+def run_process(argv: list[str], env: Mapping[str, str], *, cwd: str | None = None, grace_s: float = 30.0) -> int:
+    """Run `argv` as described in this module's docstring (own process group, signals forwarded, dies with
+    us); return its exit status. `train` and `serve` run their child this way."""
     sys.stdout.flush()
     sys.stderr.flush()
     received: list[int] = []
@@ -86,15 +92,15 @@ def launch(plan: Plan, *, cwd: str | None = None, env: Mapping[str, str] | None 
             signal.signal(sig, handler)
 
     try:
-        proc = subprocess.Popen(list(plan.argv), env=child_env(plan, env), cwd=cwd, start_new_session=True,
+        proc = subprocess.Popen(argv, env=dict(env), cwd=cwd, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     except FileNotFoundError:
         restore()
-        raise UserError(f"cannot run {plan.argv[0]!r}: not found; install LLaMA-Factory's training extras "
+        raise UserError(f"cannot run {argv[0]!r}: not found; install LLaMA-Factory's training extras "
                         "(pip install 'minicpm-recipes[train]') in this environment") from None
     except PermissionError:
         restore()
-        raise UserError(f"cannot run {plan.argv[0]!r}: permission denied") from None
+        raise UserError(f"cannot run {argv[0]!r}: permission denied") from None
     except BaseException:
         restore()
         raise
