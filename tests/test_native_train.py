@@ -58,6 +58,24 @@ def test_validation_set_is_required(tiny_model, repeated_data, tmp_path, capsys)
     assert rc == 2 and "a validation set is required" in err and err.count("\n") == 1
 
 
+def test_machine_limits_are_one_line_errors(tiny_model, repeated_data, tmp_path, capsys):
+    import importlib.util
+
+    import torch
+
+    train, dev = repeated_data
+    if importlib.util.find_spec("flash_attn") is None:
+        rc = _finetune(tiny_model, train, dev, tmp_path / "fa", "--attn-implementation", "flash_attention_2")
+        err = capsys.readouterr().err
+        assert rc == 2 and "needs the flash-attn package" in err and err.count("\n") == 1
+    if not torch.cuda.is_available():
+        rc = main(["finetune", "--model", str(tiny_model), "--train-data", str(train), "--eval-data", str(dev),
+                   "--output-dir", str(tmp_path / "bf"), "--bf16"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "bf16" in err and "on a CPU pass --no-bf16" in err and err.count("\n") == 1
+        assert not (tmp_path / "bf" / SUMMARY_FILE).exists()
+
+
 def test_bad_record_is_reported_before_loading_the_model(tiny_model, repeated_data, tmp_path, capsys):
     _train, dev = repeated_data
     bad = tmp_path / "bad.json"
@@ -204,6 +222,29 @@ def test_deepspeed_zero2_two_processes(tiny_model, repeated_data, tmp_path):
     summary = _summary(out)
     assert (summary["start_step"], summary["steps_run"], summary["global_step"]) == (4, 4, 8)
     assert (out / "checkpoint-8" / "global_step8" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
+
+
+@pytest.mark.slow
+def test_deepspeed_without_a_launcher_is_a_world_of_one(tiny_model, repeated_data, tmp_path):
+    """`finetune --deepspeed` started directly (no torchrun): the launcher's variables are set for one process
+    (DeepSpeed would otherwise try MPI discovery); ZeRO-3 loads the model partitioned and saves it whole."""
+    train, dev = repeated_data
+    out = tmp_path / "zero3"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "minicpm_recipes", "finetune", "--model", str(tiny_model),
+                           "--train-data", str(train), "--eval-data", str(dev), "--output-dir", str(out),
+                           "--deepspeed", "zero3", "--no-bf16", "--max-steps", "2", "--eval-steps", "2",
+                           "--save-steps", "2"], env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _summary(out)
+    assert summary["world_size"] == 1 and summary["global_step"] == 2
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert sum(p.numel() for p in trained.parameters()) == sum(p.numel() for p in base.parameters())
 
 
 def test_project_validator_checks_both_files(tiny_model, repeated_data, tmp_path, monkeypatch, capsys):

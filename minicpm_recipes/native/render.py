@@ -156,7 +156,8 @@ def render_trainer(options: TrainerRenderOptions, stage_name: str = "sft") -> Re
         files.append(RenderedFile(acc_name, env.get_template("accelerate/fsdp_config.yaml.j2").render(
             version=__version__, fsdp_version=dist.accelerate["fsdp_version"], mixed_precision=mixed,
             nodes=options.nodes, gpus_per_node=options.gpus_per_node,
-            master_addr=options.master_addr or "127.0.0.1", master_port=options.master_port), "accelerate"))
+            master_addr=options.master_addr or "127.0.0.1", master_port=options.master_port,
+            launch_target="-m minicpm_recipes finetune ARGS (see the _trainer.sh script)"), "accelerate"))
         accelerate_ref = _ref(options.ref_dir, acc_name)
 
     output_dir = options.output_dir or f"saves/{slug}/{method.name}/sft-trainer"

@@ -307,6 +307,53 @@ def _progress_callback():
     return RunLog()
 
 
+def _training_arguments(training_arguments, cfg: FinetuneConfig, *, bf16: bool, deepspeed: str | None,
+                        pin_memory: bool):
+    """transformers.TrainingArguments for the run (its own checks raise ValueError)."""
+    return training_arguments(
+        output_dir=cfg.output_dir,
+        learning_rate=cfg.learning_rate or default_learning_rate(cfg.use_lora),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        bf16=bf16,
+        seed=cfg.seed,
+        deepspeed=deepspeed,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        report_to=cfg.report_to,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_pin_memory=pin_memory,
+        disable_tqdm=True,
+    )
+
+
+def _single_process_env() -> None:
+    """The variables torchrun sets, for a world of one process (DeepSpeed needs them to initialise; without
+    them it tries MPI discovery)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        os.environ.setdefault(key, value)
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train; return (and write to OUTPUT_DIR/finetune_summary.json) a summary of the run."""
     check_config(cfg)
@@ -320,6 +367,17 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     trust = defaults["trust_remote_code"] if cfg.trust_remote_code is None else cfg.trust_remote_code
     name_or_path = defaults["name_or_path"]
     deepspeed = resolve_deepspeed(cfg.deepspeed, cfg.output_dir)
+    attn = cfg.attn_implementation or defaults["attn_implementation"]
+    if attn == "flash_attention_2":
+        from ..launch.preflight import flash_attn_importable
+
+        if not flash_attn_importable():
+            raise UserError("attention flash_attention_2 (the default of this model, or --attn-implementation) needs "
+                            "the flash-attn package, not importable here; install it on the GPU machine (pip install "
+                            "flash-attn --no-build-isolation), or pass --attn-implementation sdpa where the model "
+                            "supports it")
+    if deepspeed and not any(k in os.environ for k in ("WORLD_SIZE", "LOCAL_RANK", "RANK")):
+        _single_process_env()  # started without torchrun/deepspeed: a world of one, as the launcher would set it
 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Trainer, TrainingArguments, set_seed
@@ -344,7 +402,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if bf16 is None:
         bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     dtype = torch.float32 if not load_in_bf16(bf16, use_lora=cfg.use_lora, deepspeed=deepspeed) else torch.bfloat16
-    attn = cfg.attn_implementation or defaults["attn_implementation"]
+    # before the model: the Trainer's own checks fail fast, and with ZeRO-3 the model then loads partitioned
+    try:
+        args = _training_arguments(TrainingArguments, cfg, bf16=bf16, deepspeed=deepspeed,
+                                   pin_memory=torch.cuda.is_available())
+    except ValueError as exc:  # the Trainer's own checks, e.g. bf16 on a machine without bf16
+        hint = "; on a CPU pass --no-bf16" if bf16 and "bf16" in str(exc) else ""
+        raise UserError(f"transformers refuses the training arguments: {str(exc).splitlines()[0]}{hint}") from exc
     load_kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust, dtype=dtype,
@@ -372,35 +436,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         except ValueError as exc:
             raise UserError(f"--lora-target {lora.target_modules}: {str(exc).splitlines()[0]}") from exc
 
-    args = TrainingArguments(
-        output_dir=cfg.output_dir,
-        learning_rate=cfg.learning_rate or default_learning_rate(cfg.use_lora),
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps,
-        bf16=bf16,
-        seed=cfg.seed,
-        deepspeed=deepspeed,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        report_to=cfg.report_to,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_num_workers=cfg.dataloader_num_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-    )
     run_log = _progress_callback()
     trainer = Trainer(
         model=model,
