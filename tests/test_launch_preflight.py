@@ -198,6 +198,8 @@ def test_load_config_applies_overrides_like_llamafactory(tmp_path):
         preflight.load_config(cfg_path, ["max_steps"])
     with pytest.raises(UserError, match="no such file"):
         preflight.load_config(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match=r"is a folder; give one training YAML in it \(x.yaml\)"):
+        preflight.load_config(tmp_path)
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(UserError, match="yaml"):
         preflight.load_config(tmp_path / "x.json")

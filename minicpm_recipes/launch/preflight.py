@@ -107,6 +107,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     from omegaconf import OmegaConf
 
     p = Path(path)
+    if p.is_dir():
+        yamls = sorted(q.name for q in p.glob("*.y*ml"))[:5]
+        raise UserError(f"{path} is a folder; give one training YAML in it"
+                        + (f" ({', '.join(yamls)}{', ...' if len(yamls) == 5 else ''})" if yamls else ""))
     if not p.is_file():
         raise UserError(f"{path}: no such file; give the training YAML (render one with `minicpm-recipes render`)")
     if p.suffix not in (".yaml", ".yml"):
