@@ -192,6 +192,12 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT handled by default, as in a terminal (a test run started in the background
+    inherits SIGINT ignored, and serve keeps an ignored signal ignored, as nohup expects)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
 def test_serve_answers_openai_client_with_key(trained):
@@ -202,7 +208,7 @@ def test_serve_answers_openai_client_with_key(trained):
     env = dict(os.environ, API_KEY=key)
     proc = subprocess.Popen([sys.executable, "-m", "minicpm_recipes", "serve", str(trained), "--port", str(port),
                              "--model-name", "tiny-sft"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_interruptible)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=60)
         deadline = time.monotonic() + 240
