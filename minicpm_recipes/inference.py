@@ -79,10 +79,7 @@ def infer_params(config: dict[str, Any], *, adapter: str | None = None, template
     if params.get("template") is not None:
         from .lfspec import load_spec
 
-        spec = load_spec()
-        if str(params["template"]) not in spec.templates:
-            raise UserError(f"template {params['template']}: LLaMA-Factory {spec.version} has no such template; "
-                            "choose one of `minicpm-recipes list --templates` (--template NAME)")
+        load_spec().check_template(params["template"], "template ")
     if backend:
         params["infer_backend"] = backend
     return params

@@ -34,12 +34,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def single_process_env() -> dict[str, str]:
+    """The variables torchrun sets, for a world of one process on a free loopback port."""
+    return {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
 def check_files(items: list[tuple[str, str | Path]], cwd: str | Path | None = None,
                 overrides: dict[str, Any] | None = None, timeout: float = 600) -> list[FileCheck]:
     """Check (kind, path) items in one child process; paths inside configs resolve against `cwd`."""
     env = dict(os.environ)
-    env.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env.update(single_process_env())
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     payload = json.dumps({"items": [[k, str(p)] for k, p in items], "overrides": overrides or {}})
     proc = subprocess.run(

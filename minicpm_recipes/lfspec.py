@@ -26,6 +26,17 @@ class LlamaFactorySpec:
     train_keys: frozenset[str]
     templates: frozenset[str]
 
+    def check_template(self, name: Any, option: str) -> None:
+        """UserError unless `name` is one of the release's chat templates; `option` says where it came from
+        (e.g. "--template ", "--set template=")."""
+        if str(name) not in self.templates:
+            from .catalog import did_you_mean
+            from .errors import UserError
+
+            raise UserError(f"{option}{name}: LLaMA-Factory {self.version} has no such template"
+                            f"{did_you_mean(str(name), self.templates)}; choose one of "
+                            "`minicpm-recipes list --templates`")
+
 
 @lru_cache(maxsize=1)
 def load_spec() -> LlamaFactorySpec:

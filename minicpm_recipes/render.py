@@ -169,11 +169,8 @@ def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
     check_topology(options)
     model = catalog.resolve_model(options.model, options.template)
     spec = load_spec()
-    if stage.needs_template and model.template not in spec.templates:
-        raise UserError(
-            f"--template {model.template}: LLaMA-Factory {spec.version} has no such template"
-            f"{did_you_mean(str(model.template), spec.templates)}; choose one of `minicpm-recipes list --templates`"
-        )
+    if stage.needs_template:
+        spec.check_template(model.template, "--template ")
 
     env = jinja_env()
     train_name = train_file_name(model, options.method, stage, dist, options.nodes)
@@ -196,10 +193,8 @@ def render(options: RenderOptions, catalog: Catalog | None = None) -> Rendered:
             params.pop(key, None)
         else:
             params[key] = value
-    if "template" in explicit and params.get("template") is not None and str(params["template"]) not in spec.templates:
-        raise UserError(f"--set template={params['template']}: LLaMA-Factory {spec.version} has no such template"
-                        f"{did_you_mean(str(params['template']), spec.templates)}; choose one of "
-                        "`minicpm-recipes list --templates`")
+    if "template" in explicit and params.get("template") is not None:
+        spec.check_template(params["template"], "--set template=")
     notes: list[str] = []
     if params.get("eval_dataset") and "val_size" in params and "val_size" not in explicit:
         del params["val_size"]  # LLaMA-Factory refuses val_size together with eval_dataset

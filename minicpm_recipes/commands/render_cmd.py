@@ -74,15 +74,16 @@ def _path_for_yaml(path: Path) -> str:
 
 def _dataset_warnings(params: dict) -> list[str]:
     """Datasets the YAML names that its dataset_dir (as seen from here) does not register."""
-    import json
+    from ..data.validate import read_dataset_info
+    from ..errors import UserError
 
     folder = str(params.get("dataset_dir") or "data")
     if "://" in folder or folder.startswith("REMOTE:"):
         return []
     info = Path(folder) / "dataset_info.json"
     try:
-        entries = json.loads(info.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        entries = read_dataset_info(folder)
+    except (UserError, OSError):
         return [f"{info} is not readable here; the datasets are checked when training starts "
                 "(`minicpm-recipes train` from the folder the YAML is run from)"]
     names = [n.strip() for key in ("dataset", "eval_dataset") for n in str(params.get(key) or "").split(",")]

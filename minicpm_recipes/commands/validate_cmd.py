@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -37,9 +36,12 @@ def _file_and_entry(file: str, dataset_dir: str | None, fmt: str | None) -> tupl
         path = Path(dataset_dir) / path
     if fmt is not None or not path.is_file():
         return path, None
+    from ..data.validate import read_dataset_info
+    from ..errors import UserError
+
     try:
-        info = json.loads((Path(dataset_dir) / "dataset_info.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        info = read_dataset_info(dataset_dir)
+    except (UserError, OSError):
         return path, None
     target = path.resolve()
     names = [name for name, entry in info.items() if isinstance(entry, dict) and isinstance(

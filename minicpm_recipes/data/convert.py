@@ -651,11 +651,12 @@ def convert(
             raise UserError(f"{', '.join(map(str, inputs))}: no usable record to write")
         for w in writers.values():
             w.finish()
+        same = {w.path: w.same_as_target() for w in writers.values()}
         for w in writers.values():  # all or nothing: no file is replaced unless every one may be
-            if w.path.exists() and not overwrite and not w.same_as_target():
+            if w.path.exists() and not overwrite and not same[w.path]:
                 raise UserError(f"{w.path}: already exists with other content; pass --force to replace it")
         for w in writers.values():
-            if w.same_as_target():
+            if same[w.path]:
                 report.unchanged.append(w.path)
             else:
                 w.commit()

@@ -341,19 +341,6 @@ def _training_arguments(training_arguments, cfg: FinetuneConfig, *, bf16: bool, 
     )
 
 
-def _single_process_env() -> None:
-    """The variables torchrun sets, for a world of one process (DeepSpeed needs them to initialise; without
-    them it tries MPI discovery)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
-        os.environ.setdefault(key, value)
-
-
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train; return (and write to OUTPUT_DIR/finetune_summary.json) a summary of the run."""
     check_config(cfg)
@@ -377,7 +364,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                             "flash-attn --no-build-isolation), or pass --attn-implementation sdpa where the model "
                             "supports it")
     if deepspeed and not any(k in os.environ for k in ("WORLD_SIZE", "LOCAL_RANK", "RANK")):
-        _single_process_env()  # started without torchrun/deepspeed: a world of one, as the launcher would set it
+        # started without torchrun: a world of one, as the launcher would set it (DeepSpeed needs these to
+        # initialise; without them it tries MPI discovery)
+        from ..lfcheck import single_process_env
+
+        for key, value in single_process_env().items():
+            os.environ.setdefault(key, value)
 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Trainer, TrainingArguments, set_seed
